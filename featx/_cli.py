@@ -1,0 +1,52 @@
+"""Helpers shared by the command-line modules: logging set-up and error exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from featx.errors import FeatxError
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="Also log debugging details.")
+    group.add_argument("-q", "--quiet", action="store_true", help="Log only warnings and errors.")
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """Send featx's log lines to stderr, one line per phase, without prefixes."""
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("featx")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # TensorFlow's C++ start-up chatter hides featx's own lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return f"error: {message}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {message}"
+        return message
+
+
+def run(main: Callable[[], int]) -> int:
+    """Run a command's body; print FeatxError messages without a traceback."""
+    try:
+        return main()
+    except FeatxError as error:
+        logging.getLogger("featx").error("%s", error)
+        return error.exit_status
+    except KeyboardInterrupt:
+        logging.getLogger("featx").error("Interrupted")
+        return 130

@@ -1,0 +1,232 @@
+"""Evaluate a head on a cache: held-out test split and group-aware cross-validation.
+
+When the cache has a ``test`` split, the head is fitted on every other split
+and scored on ``test``. Cross-validation always runs too, over every image,
+with stratified folds that keep identical files (same SHA-256) in one fold so
+that a duplicated picture cannot be both trained on and scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+
+import numpy as np
+
+from featx.cache import FeatureCache
+from featx.errors import FeatxError
+from featx.heads import Head, feature_matrix
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Everything ``fit`` reports about one head.
+
+    Attributes
+    ----------
+    head : Head
+    label_names : list of str
+        Class names; index i is label i in every array and matrix.
+    estimator : fitted scikit-learn estimator
+        Fitted on the training splits, or on every image when there is no test split.
+    n_train, n_test : int
+    test : dict or None
+        Test-split metrics (see :func:`classification_metrics`), None without a test split.
+    y_test, y_pred : ndarray of shape (n_test,), int
+    test_paths : ndarray of shape (n_test,), str
+    cv : dict or None
+        ``folds``, ``accuracy_mean``, ``accuracy_std``, ``balanced_accuracy_mean``,
+        ``macro_f1_mean`` and per-fold ``accuracy``; None when a class has fewer
+        than 2 images.
+    fit_seconds : float
+        Time to fit the reported estimator.
+    cv_seconds : float
+    random_state : int
+    """
+
+    head: Head
+    label_names: list[str]
+    estimator: object
+    n_train: int
+    n_test: int
+    test: dict | None
+    y_test: np.ndarray
+    y_pred: np.ndarray
+    test_paths: np.ndarray
+    cv: dict | None
+    fit_seconds: float
+    cv_seconds: float
+    random_state: int
+
+
+def evaluate_head(
+    cache: FeatureCache, head: Head, n_folds: int = 5, random_state: int = 0
+) -> Evaluation:
+    """Fit ``head`` on the cache and measure it on the test split and by cross-validation.
+
+    Parameters
+    ----------
+    cache : FeatureCache
+    head : Head
+    n_folds : int, default 5
+        Cross-validation folds; lowered, with a warning, when a class has fewer images.
+    random_state : int, default 0
+        Seed of the estimator and of the fold assignment.
+
+    Raises
+    ------
+    FeatxError
+        When the cache has fewer than two classes, or a test split but no
+        images to train on.
+    """
+    if len(cache.label_names) < 2:
+        raise FeatxError(
+            "Too few classes to fit a classifier",
+            str(cache.path),
+            expected="at least 2 classes",
+            got=f"{len(cache.label_names)} ({', '.join(cache.label_names)})",
+            hint="Add a class folder to the data folder and run extract again.",
+        )
+    X = feature_matrix(cache, head.features)
+    y = cache.labels
+    is_test = cache.splits == "test"
+
+    if is_test.any():
+        train = ~is_test
+        _check_training_set(cache, train)
+        _warn_absent_classes(cache, is_test, "test split")
+        estimator, fit_seconds = _fit(head, X[train], y[train], random_state)
+        y_pred = estimator.predict(X[is_test])
+        test = classification_metrics(y[is_test], y_pred, cache.label_names)
+        n_train, n_test = int(train.sum()), int(is_test.sum())
+    else:
+        logger.info("The cache has no test split: reporting cross-validation only")
+        estimator, fit_seconds = _fit(head, X, y, random_state)
+        y_pred = np.array([], dtype=np.int64)
+        test = None
+        n_train, n_test = len(y), 0
+
+    started = time.perf_counter()
+    cv = cross_validate_head(head, X, y, cache.sha256, cache.label_names, n_folds, random_state)
+    return Evaluation(
+        head=head, label_names=list(cache.label_names), estimator=estimator,
+        n_train=n_train, n_test=n_test, test=test, y_test=y[is_test], y_pred=y_pred,
+        test_paths=cache.paths[is_test], cv=cv, fit_seconds=fit_seconds,
+        cv_seconds=time.perf_counter() - started, random_state=random_state,
+    )
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
+    """Return accuracy, balanced accuracy, macro F1, the confusion matrix and per-class scores.
+
+    The confusion matrix has rows = true class and columns = predicted class,
+    both in ``label_names`` order. A class absent from ``y_true`` gets recall
+    and F1 of 0 and is left out of balanced accuracy.
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
+    labels = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    with warnings.catch_warnings():
+        # Balanced accuracy warns when y_pred has a class that y_true lacks.
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = balanced_accuracy_score(y_true, y_pred)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(label_names)
+        },
+    }
+
+
+def cross_validate_head(
+    head: Head, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+    label_names: list[str], n_folds: int, random_state: int,
+) -> dict | None:
+    """Run stratified, group-aware k-fold cross-validation; None when impossible."""
+    from sklearn.model_selection import StratifiedGroupKFold, cross_validate
+
+    counts = np.bincount(y, minlength=len(label_names))
+    smallest = int(counts[counts > 0].min())
+    folds = min(n_folds, smallest)
+    if folds < 2:
+        rare = [label_names[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
+        logger.warning(
+            "Cross-validation skipped: class %s has fewer than 2 images", ", ".join(rare)
+        )
+        return None
+    if folds < n_folds:
+        rare = label_names[int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))]
+        logger.warning(
+            "Using %d cross-validation folds instead of %d: class %s has only %d images",
+            folds, n_folds, rare, smallest,
+        )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=random_state)
+    scores = cross_validate(
+        head.build(random_state), X, y, groups=groups, cv=splitter,
+        scoring=("accuracy", "balanced_accuracy", "f1_macro"),
+    )
+    accuracy = scores["test_accuracy"]
+    return {
+        "folds": folds,
+        "accuracy_mean": float(accuracy.mean()),
+        "accuracy_std": float(accuracy.std()),
+        "balanced_accuracy_mean": float(scores["test_balanced_accuracy"].mean()),
+        "macro_f1_mean": float(scores["test_f1_macro"].mean()),
+        "accuracy": [float(a) for a in accuracy],
+    }
+
+
+def _fit(head: Head, X: np.ndarray, y: np.ndarray, random_state: int):
+    estimator = head.build(random_state)
+    started = time.perf_counter()
+    estimator.fit(X, y)
+    return estimator, time.perf_counter() - started
+
+
+def _check_training_set(cache: FeatureCache, train: np.ndarray) -> None:
+    if not train.any():
+        raise FeatxError(
+            "No training images",
+            str(cache.path),
+            expected="images in a train (or val) split beside the test split",
+            got="only test images",
+            hint="Add a train folder to the data folder and run extract again.",
+        )
+    present = set(cache.labels[train].tolist())
+    if len(present) < 2:
+        raise FeatxError(
+            "Too few classes in the training splits",
+            str(cache.path),
+            expected="at least 2 classes",
+            got=", ".join(cache.label_names[i] for i in sorted(present)),
+        )
+    _warn_absent_classes(cache, train, "training splits")
+
+
+def _warn_absent_classes(cache: FeatureCache, rows: np.ndarray, where: str) -> None:
+    present = set(cache.labels[rows].tolist())
+    absent = [name for i, name in enumerate(cache.label_names) if i not in present]
+    if absent:
+        logger.warning("The %s has no images of class %s", where, ", ".join(absent))

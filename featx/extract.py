@@ -1,0 +1,109 @@
+"""Command line: ``python -m featx.extract DATA_DIR``.
+
+Embeds every image of a data folder with a frozen TF Hub model and caches the
+embeddings in HDF5. Re-running embeds only what the cache lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from featx import _cli
+from featx.config import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_PATH, DEFAULT_MODEL_HANDLE, DEVICES, ExtractConfig
+from featx.pipeline import extract_features
+
+logger = logging.getLogger("featx.extract")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m featx.extract",
+        description="Embed the images of DATA_DIR with a frozen TF Hub model and cache "
+        "the embeddings in HDF5. Only images the cache lacks are embedded.",
+    )
+    parser.add_argument(
+        "data_dir", type=Path, metavar="DATA_DIR",
+        help="Folder laid out as <class>/<file> or <split>/<class>/<file>, "
+        "split being train, val, validation or test.",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE_PATH,
+        help="HDF5 cache file to create or complete (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL_HANDLE,
+        help="TF Hub handle or local SavedModel folder of an image feature-vector "
+        "model taking 224x224 RGB in [0, 1] (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+        help="Images per model call (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="Threads that read and decode images (default: one per CPU core, at least 2).",
+    )
+    parser.add_argument(
+        "--device", choices=DEVICES, default="auto",
+        help="Where the model runs; auto uses a GPU when TensorFlow sees one (default: auto).",
+    )
+    parser.add_argument(
+        "--mixed-precision", action="store_true",
+        help="On a GPU, let TensorFlow run float16 kernels (faster; embeddings change slightly).",
+    )
+    parser.add_argument(
+        "--rebuild", action="store_true",
+        help="Rename an existing cache to <cache>.bak and embed everything again.",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="Do not show the progress bar.",
+    )
+    _cli.add_logging_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _cli.configure_logging(args)
+
+    def body() -> int:
+        config = ExtractConfig(
+            data_dir=args.data_dir, cache_path=args.cache, model_handle=args.model,
+            batch_size=args.batch_size, workers=args.workers, device=args.device,
+            mixed_precision=args.mixed_precision, rebuild=args.rebuild,
+        )
+        summary = extract_features(config, progress=not (args.no_progress or args.quiet))
+        for path, reason in summary.skipped:
+            logger.debug("skipped: %s (%s)", path, reason)
+        if summary.n_missing:
+            logger.warning(
+                "%d cached images are no longer in %s; they stay in the cache, "
+                "marked missing, and fit leaves them out", summary.n_missing, args.data_dir,
+            )
+        logger.info(
+            "Done: %d images, %d classes, %d embedded, %d copied by content hash, "
+            "%d already cached, %d skipped, in %.1f s (%.1f images/s)",
+            summary.n_images, len(summary.class_names), summary.n_embedded,
+            summary.n_reused, summary.n_cached, len(summary.skipped),
+            summary.seconds, summary.images_per_second,
+        )
+        if summary.skipped:
+            logger.warning(
+                "Skipped %d files, listed in the cache: %s", len(summary.skipped),
+                "; ".join(f"{path} ({reason})" for path, reason in summary.skipped[:10])
+                + ("; ..." if len(summary.skipped) > 10 else ""),
+            )
+        if summary.n_ok == 0:
+            logger.error("No image could be read; nothing was cached")
+            return 1
+        logger.info("Cache: %s", summary.cache_path)
+        return 0
+
+    return _cli.run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

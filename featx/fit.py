@@ -1,0 +1,98 @@
+"""Command line: ``python -m featx.fit --head mlp``.
+
+Fits a scikit-learn head on a cache written by ``featx.extract``, prints the
+confusion matrix and metrics, and saves them with the fitted head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from featx import _cli
+from featx.config import DEFAULT_CACHE_PATH, DEFAULT_RUNS_DIR
+from featx.errors import check_positive_int
+
+logger = logging.getLogger("featx.fit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from featx.heads import HEADS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m featx.fit",
+        description="Fit a classifier head on cached features and report test "
+        "and cross-validation metrics.",
+    )
+    parser.add_argument(
+        "--head", required=True, choices=sorted(HEADS),
+        help="; ".join(f"{h.name}: {h.description}" for h in HEADS.values()) + ".",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE_PATH,
+        help="HDF5 cache written by featx.extract (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="Folder for metrics.json, confusion_matrix.png and head.joblib "
+        f"(default: {DEFAULT_RUNS_DIR}/<head>).",
+    )
+    parser.add_argument(
+        "--folds", type=int, default=5,
+        help="Cross-validation folds, at least 2 (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--random-state", type=int, default=0,
+        help="Seed of the head and of the fold assignment (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--include-missing", action="store_true",
+        help="Also use cached images whose files were gone at the last extract run.",
+    )
+    _cli.add_logging_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _cli.configure_logging(args)
+    logging.captureWarnings(True)
+
+    def body() -> int:
+        from featx.cache import load_cache
+        from featx.evaluation import evaluate_head
+        from featx.errors import FeatxError
+        from featx.heads import get_head
+        from featx.reporting import format_report, save_outputs
+
+        check_positive_int(args.folds, "--folds")
+        if args.folds < 2:
+            raise FeatxError("Invalid value", "--folds", expected="an integer of at least 2", got=args.folds)
+        head = get_head(args.head)
+        cache = load_cache(args.cache, include_missing=args.include_missing)
+        logger.info(
+            "Cache %s: %d images, classes %s, splits %s, model %s",
+            args.cache, len(cache), ", ".join(cache.label_names),
+            ", ".join(sorted(set(cache.splits))), cache.model_handle,
+        )
+        if cache.missing:
+            logger.warning(
+                "Left out %d cached images whose files were gone at the last extract "
+                "run (--include-missing keeps them)", len(cache.missing),
+            )
+        if cache.skipped:
+            logger.warning("The last extract run skipped %d files that could not be decoded", len(cache.skipped))
+        evaluation = evaluate_head(cache, head, n_folds=args.folds, random_state=args.random_state)
+        print(format_report(evaluation), flush=True)
+        out_dir = args.out if args.out is not None else DEFAULT_RUNS_DIR / head.name
+        written = save_outputs(evaluation, out_dir, cache)
+        logger.info("Wrote %s", ", ".join(str(path) for path in written.values()))
+        return 0
+
+    return _cli.run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

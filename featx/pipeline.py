@@ -1,0 +1,384 @@
+"""The extract loop: find images, read and decode them in threads, embed, write.
+
+Reading, hashing and decoding run in a pool of worker threads (Pillow,
+OpenCV and hashlib release the GIL), a few batches ahead of the model, so
+decoding overlaps inference. The model runs in the calling thread. Pixels are
+held for at most ``prefetch_batches + 1`` batches at a time, and each batch of
+embeddings is written to the cache journal as soon as it is computed.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from featx.cache_writer import CacheWriter
+from featx.config import INPUT_SIZE, RAW_SIZE, ExtractConfig, default_workers
+from featx.dataset import ImageCollection, ImageFile, find_images
+from featx.decode import DecodedImage, DecodeError, decode_image
+from featx.embed import Embedder
+from featx.errors import FeatxError, check_positive_int
+
+logger = logging.getLogger(__name__)
+
+#: Batches decoded ahead of the model.
+PREFETCH_BATCHES = 2
+
+
+@dataclasses.dataclass
+class ExtractSummary:
+    """What one extract run did.
+
+    Attributes
+    ----------
+    n_images : int
+        Image files found in the data folder.
+    n_embedded : int
+        Images run through the model in this run.
+    n_reused : int
+        Images whose content (SHA-256) was already cached under another path
+        or modification time, so their embedding was copied.
+    n_cached : int
+        Images unchanged since an earlier run (same size and mtime).
+    skipped : list of (str, str)
+        Relative path and reason of each file that could not be read or decoded.
+    n_missing : int
+        Cached rows whose file is no longer in the data folder.
+    class_names : list of str
+    seconds : float
+        Wall time of the run, model loading included.
+    cache_path : Path
+    model_loaded : bool
+        Whether the model had to be loaded.
+    """
+
+    n_images: int
+    n_embedded: int
+    n_reused: int
+    n_cached: int
+    skipped: list[tuple[str, str]]
+    n_missing: int
+    class_names: list[str]
+    seconds: float
+    cache_path: Path
+    model_loaded: bool
+
+    @property
+    def n_ok(self) -> int:
+        return self.n_embedded + self.n_reused + self.n_cached
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.n_embedded + self.n_reused) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """Result of reading one file in a worker thread."""
+
+    image: ImageFile
+    file_size: int = 0
+    mtime_ns: int = 0
+    sha256: str = ""
+    decoded: DecodedImage | None = None
+    error: str | None = None
+
+
+class _LazyEmbedder:
+    """Load the model on first use, so a run with nothing new never loads it."""
+
+    def __init__(self, factory: Callable[[], Embedder]) -> None:
+        self._factory = factory
+        self._embedder: Embedder | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._embedder is not None
+
+    def get(self) -> Embedder:
+        if self._embedder is None:
+            started = time.perf_counter()
+            self._embedder = self._factory()
+            logger.info("Loaded the model in %.1f s", time.perf_counter() - started)
+        return self._embedder
+
+
+def extract_features(
+    config: ExtractConfig,
+    make_embedder: Callable[[], Embedder] | None = None,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Embed every image of ``config.data_dir`` that the cache lacks.
+
+    Parameters
+    ----------
+    config : ExtractConfig
+    make_embedder : callable returning an Embedder, optional
+        Builds the model when the first image needs it. Defaults to a
+        :class:`featx.embed.HubEmbedder` for ``config.model_handle``; tests
+        pass a small stand-in.
+    progress : bool
+        Show a progress bar with images per second.
+
+    Returns
+    -------
+    ExtractSummary
+
+    Raises
+    ------
+    FeatxError
+        For a bad data folder, a cache of another model, a cache in use by
+        another process, or a cache that cannot be written.
+    """
+    started = time.perf_counter()
+    check_positive_int(config.batch_size, "--batch-size")
+    workers = check_positive_int(config.workers, "--workers") if config.workers is not None else default_workers()
+    if make_embedder is None:
+        make_embedder = _hub_embedder_factory(config)
+
+    collection = find_images(config.data_dir)
+    logger.info(
+        "Found %d images in %d classes (%s) under %s, splits: %s",
+        len(collection.images), len(collection.class_names),
+        ", ".join(collection.class_names), collection.data_dir, ", ".join(collection.splits),
+    )
+    embedder = _LazyEmbedder(make_embedder)
+    with CacheWriter(
+        config.cache_path, model_handle=config.model_handle,
+        input_size=INPUT_SIZE, raw_size=RAW_SIZE, rebuild=config.rebuild,
+    ) as writer:
+        if writer.previous_data_dir and writer.previous_data_dir != str(collection.data_dir):
+            logger.warning(
+                "The cache was last built from %s; images cached from there and not "
+                "found under %s will be marked missing",
+                writer.previous_data_dir, collection.data_dir,
+            )
+        run = _ExtractRun(writer, embedder, config.batch_size, workers)
+        try:
+            run.process(collection.images, progress)
+        except KeyboardInterrupt:
+            if writer.has_journal:
+                logger.warning("Interrupted: saving the batches finished so far")
+                run.commit(collection)
+            raise
+        run.commit(collection)
+
+    summary = ExtractSummary(
+        n_images=len(collection.images),
+        n_embedded=run.n_embedded,
+        n_reused=run.n_reused,
+        n_cached=run.n_cached,
+        skipped=[(path, reason) for path, _, _, reason in run.skipped],
+        n_missing=run.n_missing,
+        class_names=collection.class_names,
+        seconds=time.perf_counter() - started,
+        cache_path=Path(config.cache_path),
+        model_loaded=embedder.loaded,
+    )
+    return summary
+
+
+def _hub_embedder_factory(config: ExtractConfig) -> Callable[[], Embedder]:
+    def make() -> Embedder:
+        from featx.embed import HubEmbedder
+
+        return HubEmbedder(config.model_handle, device=config.device,
+                           mixed_precision=config.mixed_precision)
+
+    return make
+
+
+class _ExtractRun:
+    """State of one run: counters, the pending batch, and the skip list."""
+
+    def __init__(self, writer: CacheWriter, embedder: _LazyEmbedder, batch_size: int, workers: int) -> None:
+        self.writer = writer
+        self.embedder = embedder
+        self.batch_size = batch_size
+        self.workers = workers
+        self.n_embedded = 0
+        self.n_reused = 0
+        self.n_cached = 0
+        self.n_missing = 0
+        self.present: set[str] = set()
+        self.skipped: list[tuple[str, int, int, str]] = []
+        self._to_embed: list[_Outcome] = []
+        self._to_copy: list[_Outcome] = []
+
+    def process(self, images: list[ImageFile], progress: bool) -> None:
+        to_read = [image for image in images if not self._is_unchanged(image)]
+        if not to_read:
+            return
+        logger.info(
+            "%d images are new or changed, %d are cached; decoding with %d threads",
+            len(to_read), self.n_cached, self.workers,
+        )
+        from tqdm import tqdm
+
+        known_hashes = self.writer.hashes
+        bar = tqdm(total=len(to_read), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
+        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="featx-decode") as pool:
+            read = lambda image: _read_image(image, known_hashes)  # noqa: E731
+            max_pending = self.batch_size * (PREFETCH_BATCHES + 1)
+            try:
+                for outcome in _ordered_map(pool, read, to_read, max_pending):
+                    self._add(outcome)
+                    bar.update(1)
+                self._flush()
+            finally:
+                bar.close()
+
+    def _is_unchanged(self, image: ImageFile) -> bool:
+        """Return True when the file has the size and mtime recorded for it."""
+        try:
+            stat = os.stat(image.path)
+        except OSError:
+            return False  # The worker reports the error with its reason.
+        key = (stat.st_size, stat.st_mtime_ns)
+        entry = self.writer.index.get(image.relative_path)
+        if entry is not None and (int(entry["file_size"]), int(entry["mtime_ns"])) == key \
+                and entry["labels"] == image.label and entry["splits"] == image.split:
+            self.n_cached += 1
+            self.present.add(image.relative_path)
+            return True
+        known_skip = self.writer.skipped.get(image.relative_path)
+        if known_skip is not None and known_skip[:2] == key:
+            reason = known_skip[2]
+            logger.warning("Skipped %s: %s (unchanged since the last run)", image.relative_path, reason)
+            self.skipped.append((image.relative_path, key[0], key[1], reason))
+            return True
+        return False
+
+    def _add(self, outcome: _Outcome) -> None:
+        path = outcome.image.relative_path
+        if outcome.error is not None:
+            logger.warning("Skipped %s: %s", path, outcome.error)
+            self.skipped.append((path, outcome.file_size, outcome.mtime_ns, outcome.error))
+            return
+        self.present.add(path)
+        if outcome.decoded is None:
+            self._to_copy.append(outcome)
+        else:
+            self._to_embed.append(outcome)
+        if len(self._to_embed) >= self.batch_size or len(self._to_copy) >= self.batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Embed the pending images and write them, with pending copies, as one batch."""
+        rows = []
+        embedding_size = self.writer.attrs.get("embedding_size")
+        if self._to_embed:
+            embedder = self.embedder.get()
+            pixels = np.stack([outcome.decoded.pixels for outcome in self._to_embed])
+            embeddings = embedder.embed(pixels)
+            embedding_size = embedder.embedding_size
+            for outcome, embedding in zip(self._to_embed, embeddings):
+                decoded = outcome.decoded
+                rows.append((outcome, {
+                    "embeddings": embedding, "raw": decoded.raw, "width": decoded.width,
+                    "height": decoded.height, "channels": decoded.channels,
+                    "bit_depth": decoded.bit_depth, "formats": decoded.format,
+                }))
+            self.n_embedded += len(self._to_embed)
+        if self._to_copy:
+            content = self.writer.rows_for_hashes([outcome.sha256 for outcome in self._to_copy])
+            for i, outcome in enumerate(self._to_copy):
+                rows.append((outcome, {name: column[i] for name, column in content.items()}))
+            self.n_reused += len(self._to_copy)
+        self._to_embed, self._to_copy = [], []
+        if rows:
+            self.writer.append(_rows_to_table(rows), embedding_size)
+
+    def commit(self, collection: ImageCollection) -> None:
+        """Merge this run into the cache file, unless the file would not change."""
+        found = {image.relative_path for image in collection.images}
+        self.n_missing = sum(1 for path in self.writer.index if path not in found)
+        if not self.writer.has_journal and not self.writer.path.exists():
+            return  # Nothing could be embedded and there is no cache to update.
+        if self.writer.has_journal or self._state_changed(collection):
+            self.writer.commit(self.present, self.skipped, collection.data_dir)
+
+    def _state_changed(self, collection: ImageCollection) -> bool:
+        """Return True when presence flags, skips or the data folder differ from the file."""
+        if self.writer.previous_data_dir != str(collection.data_dir):
+            return True
+        skips = {(path, reason) for path, _, _, reason in self.skipped}
+        if skips != {(path, entry[2]) for path, entry in self.writer.skipped.items()}:
+            return True
+        return any(
+            bool(entry["present"]) != (path in self.present)
+            for path, entry in self.writer.index.items()
+        )
+
+
+def _read_image(image: ImageFile, known_hashes: dict) -> _Outcome:
+    """Read, hash and (unless the content is cached) decode one file."""
+    outcome = _Outcome(image)
+    try:
+        image.relative_path.encode("utf-8")
+    except UnicodeEncodeError:
+        outcome.error = "file name is not valid UTF-8; rename the file"
+        return outcome
+    try:
+        with open(image.path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            data = handle.read()
+    except OSError as error:
+        outcome.error = f"cannot read file: {error.strerror or error}"
+        return outcome
+    outcome.file_size, outcome.mtime_ns = stat.st_size, stat.st_mtime_ns
+    outcome.sha256 = hashlib.sha256(data).hexdigest()
+    if outcome.sha256 in known_hashes:
+        return outcome
+    try:
+        outcome.decoded = decode_image(data)
+    except DecodeError as error:
+        outcome.error = str(error)
+    return outcome
+
+
+def _ordered_map(pool, function, items: Iterable, max_pending: int) -> Iterator:
+    """Like ``pool.map`` but with at most ``max_pending`` results in memory."""
+    pending: collections.deque = collections.deque()
+    iterator = iter(items)
+    try:
+        for item in iterator:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= max_pending:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in iterator:
+                pending.append(pool.submit(function, item))
+                break
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _rows_to_table(rows: list[tuple[_Outcome, dict]]) -> dict[str, np.ndarray]:
+    table = {
+        "paths": [o.image.relative_path for o, _ in rows],
+        "labels": [o.image.label for o, _ in rows],
+        "splits": [o.image.split for o, _ in rows],
+        "sha256": [o.sha256 for o, _ in rows],
+        "file_size": [o.file_size for o, _ in rows],
+        "mtime_ns": [o.mtime_ns for o, _ in rows],
+        "present": [True] * len(rows),
+    }
+    table = {name: np.asarray(values, dtype=object if isinstance(values[0], str) else None)
+             for name, values in table.items()}
+    for name in ("embeddings", "raw", "width", "height", "channels", "bit_depth", "formats"):
+        values = [content[name] for _, content in rows]
+        table[name] = np.asarray(values, dtype=object) if name == "formats" else np.asarray(values)
+    return table
