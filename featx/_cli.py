@@ -20,7 +20,7 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
 def configure_logging(args: argparse.Namespace) -> None:
     """Send featx's log lines to stderr, one line per phase, without prefixes."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter())
     root = logging.getLogger("featx")
     root.handlers[:] = [handler]
@@ -28,6 +28,25 @@ def configure_logging(args: argparse.Namespace) -> None:
     root.propagate = False
     # TensorFlow's C++ start-up chatter hides featx's own lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Write to whatever ``sys.stderr`` is at the time of each record.
+
+    Tests and notebooks replace ``sys.stderr``; a handler bound to the object
+    present at set-up would then write to a closed stream.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 class _Formatter(logging.Formatter):

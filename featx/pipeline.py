@@ -213,6 +213,7 @@ class _ExtractRun:
         self.skipped: list[tuple[str, int, int, str]] = []
         self._to_embed: list[_Outcome] = []
         self._to_copy: list[_Outcome] = []
+        self._pending_hashes: set[str] = set()
 
     def process(self, images: list[ImageFile], progress: bool) -> None:
         to_read = [image for image in images if not self._is_unchanged(image)]
@@ -265,10 +266,14 @@ class _ExtractRun:
             self.skipped.append((path, outcome.file_size, outcome.mtime_ns, outcome.error))
             return
         self.present.add(path)
-        if outcome.decoded is None:
+        # Decided here rather than in the worker, so that which copy of a
+        # duplicated file gets embedded does not depend on thread timing.
+        if outcome.sha256 in self.writer.hashes or outcome.sha256 in self._pending_hashes:
+            outcome.decoded = None
             self._to_copy.append(outcome)
         else:
             self._to_embed.append(outcome)
+            self._pending_hashes.add(outcome.sha256)
         if len(self._to_embed) >= self.batch_size or len(self._to_copy) >= self.batch_size:
             self._flush()
 
@@ -276,6 +281,7 @@ class _ExtractRun:
         """Embed the pending images and write them, with pending copies, as one batch."""
         rows = []
         embedding_size = self.writer.attrs.get("embedding_size")
+        computed: dict[str, dict] = {}
         if self._to_embed:
             embedder = self.embedder.get()
             pixels = np.stack([outcome.decoded.pixels for outcome in self._to_embed])
@@ -283,18 +289,26 @@ class _ExtractRun:
             embedding_size = embedder.embedding_size
             for outcome, embedding in zip(self._to_embed, embeddings):
                 decoded = outcome.decoded
-                rows.append((outcome, {
+                content = {
                     "embeddings": embedding, "raw": decoded.raw, "width": decoded.width,
                     "height": decoded.height, "channels": decoded.channels,
                     "bit_depth": decoded.bit_depth, "formats": decoded.format,
-                }))
+                }
+                computed[outcome.sha256] = content
+                rows.append((outcome, content))
             self.n_embedded += len(self._to_embed)
         if self._to_copy:
-            content = self.writer.rows_for_hashes([outcome.sha256 for outcome in self._to_copy])
-            for i, outcome in enumerate(self._to_copy):
-                rows.append((outcome, {name: column[i] for name, column in content.items()}))
+            cached = [o.sha256 for o in self._to_copy if o.sha256 not in computed]
+            content = self.writer.rows_for_hashes(cached)
+            for outcome in self._to_copy:
+                if outcome.sha256 in computed:
+                    rows.append((outcome, computed[outcome.sha256]))
+                else:
+                    i = cached.index(outcome.sha256)
+                    rows.append((outcome, {name: column[i] for name, column in content.items()}))
             self.n_reused += len(self._to_copy)
         self._to_embed, self._to_copy = [], []
+        self._pending_hashes = set()
         if rows:
             self.writer.append(_rows_to_table(rows), embedding_size)
 

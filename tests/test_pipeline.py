@@ -1,0 +1,230 @@
+"""The extract loop with a NumPy stand-in model: incremental runs, skips, crashes, locks."""
+
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+import featx
+from featx.cache import journal_dir
+from featx.config import ExtractConfig
+from featx.errors import FeatxError
+from featx.lock import CacheLock
+from featx.pipeline import extract_features
+from tests.conftest import StubEmbedder, textured_image, write_image
+
+
+def run_extract(data_dir, cache_path, embedder=None, **options):
+    embedder = embedder or StubEmbedder()
+    config = ExtractConfig(data_dir=data_dir, cache_path=cache_path,
+                           model_handle=embedder.handle, **options)
+    return extract_features(config, make_embedder=lambda: embedder, progress=False)
+
+
+def test_first_run_embeds_every_image(dataset, tmp_path):
+    cache_path = tmp_path / "c.h5"
+    summary = run_extract(dataset, cache_path, batch_size=4)
+    assert summary.n_images == 27
+    assert summary.n_embedded == 27
+    assert summary.skipped == []
+    cache = featx.load_cache(cache_path)
+    assert len(cache) == 27
+    assert cache.label_names == ["cats", "dogs", "fish"]
+    assert cache.embeddings.shape == (27, 48)
+    assert cache.raw.shape == (27, 1024)
+    assert sorted(set(cache.splits)) == ["test", "train"]
+    assert len(set(cache.paths)) == 27
+    assert not journal_dir(cache_path).exists()
+
+
+def test_labels_follow_class_folders(dataset, tmp_path):
+    run_extract(dataset, tmp_path / "c.h5")
+    cache = featx.load_cache(tmp_path / "c.h5")
+    for path, label in zip(cache.paths, cache.labels):
+        assert path.split("/")[1] == cache.label_names[label]
+
+
+def test_rerun_embeds_nothing_and_loads_no_model(dataset, tmp_path):
+    run_extract(dataset, tmp_path / "c.h5")
+    calls = []
+
+    def make_embedder():
+        calls.append(1)
+        return StubEmbedder()
+
+    config = ExtractConfig(data_dir=dataset, cache_path=tmp_path / "c.h5", model_handle=StubEmbedder.handle)
+    summary = extract_features(config, make_embedder=make_embedder, progress=False)
+    assert summary.n_cached == 27
+    assert summary.n_embedded == 0
+    assert calls == []
+    assert not summary.model_loaded
+
+
+def test_rerun_embeds_only_new_image(dataset, tmp_path):
+    run_extract(dataset, tmp_path / "c.h5")
+    write_image(dataset / "train" / "cats" / "new.png", textured_image((210, 30, 30), 999))
+    embedder = StubEmbedder()
+    summary = run_extract(dataset, tmp_path / "c.h5", embedder)
+    assert summary.n_embedded == 1
+    assert embedder.n_images == 1
+    assert len(featx.load_cache(tmp_path / "c.h5")) == 28
+
+
+def test_changed_content_is_embedded_again(dataset, tmp_path):
+    run_extract(dataset, tmp_path / "c.h5")
+    target = dataset / "train" / "dogs" / "dogs_1.png"
+    write_image(target, textured_image((0, 0, 0), 12345))
+    summary = run_extract(dataset, tmp_path / "c.h5")
+    assert summary.n_embedded == 1
+    cache = featx.load_cache(tmp_path / "c.h5")
+    assert len(cache) == 27
+    row = list(cache.paths).index("train/dogs/dogs_1.png")
+    assert cache.embeddings[row].max() < 0.3
+
+
+def test_touched_file_is_hashed_not_embedded(dataset, tmp_path):
+    run_extract(dataset, tmp_path / "c.h5")
+    target = dataset / "train" / "dogs" / "dogs_1.png"
+    os.utime(target, ns=(1_000_000_000, 1_000_000_000))
+    summary = run_extract(dataset, tmp_path / "c.h5")
+    assert summary.n_embedded == 0
+    assert summary.n_reused == 1
+    cache = featx.load_cache(tmp_path / "c.h5")
+    assert len(cache) == 27
+    row = list(cache.paths).index("train/dogs/dogs_1.png")
+    assert cache.mtime_ns[row] == 1_000_000_000
+
+
+def test_duplicate_file_copies_embedding(dataset, tmp_path):
+    source = dataset / "train" / "cats" / "cats_0.jpg"
+    shutil.copy(source, dataset / "test" / "cats" / "copy.jpg")
+    embedder = StubEmbedder()
+    summary = run_extract(dataset, tmp_path / "c.h5", embedder)
+    assert summary.n_embedded + summary.n_reused == 28
+    assert summary.n_reused == 1
+    cache = featx.load_cache(tmp_path / "c.h5")
+    paths = list(cache.paths)
+    a, b = paths.index("train/cats/cats_0.jpg"), paths.index("test/cats/copy.jpg")
+    np.testing.assert_array_equal(cache.embeddings[a], cache.embeddings[b])
+    assert cache.sha256[a] == cache.sha256[b]
+
+
+def test_removed_image_marked_missing(dataset, tmp_path):
+    run_extract(dataset, tmp_path / "c.h5")
+    (dataset / "test" / "fish" / "fish_0.jpg").unlink()
+    summary = run_extract(dataset, tmp_path / "c.h5")
+    assert summary.n_missing == 1
+    cache = featx.load_cache(tmp_path / "c.h5")
+    assert len(cache) == 26
+    assert cache.missing == ["test/fish/fish_0.jpg"]
+    assert len(featx.load_cache(tmp_path / "c.h5", include_missing=True)) == 27
+
+
+def test_undecodable_file_skipped_and_recorded(dataset, tmp_path):
+    (dataset / "train" / "cats" / "broken.png").write_bytes(b"this is not a png")
+    summary = run_extract(dataset, tmp_path / "c.h5")
+    assert summary.n_embedded == 27
+    assert [path for path, _ in summary.skipped] == ["train/cats/broken.png"]
+    cache = featx.load_cache(tmp_path / "c.h5")
+    assert cache.skipped == [("train/cats/broken.png", "not an image: no decoder recognises the content")]
+    assert len(cache) == 27
+
+
+def test_all_files_undecodable_writes_nothing(tmp_path):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "a" / "x.jpg").write_bytes(b"")
+    summary = run_extract(tmp_path / "data", tmp_path / "c.h5")
+    assert summary.n_ok == 0
+    assert summary.skipped == [("a/x.jpg", "empty file (0 bytes)")]
+    assert not (tmp_path / "c.h5").exists()
+
+
+class FailingEmbedder(StubEmbedder):
+    """Raises on the n-th call, as a crash in the middle of a run would."""
+
+    def __init__(self, fail_on_call):
+        super().__init__()
+        self.fail_on_call = fail_on_call
+
+    def embed(self, images):
+        if self.n_calls + 1 == self.fail_on_call:
+            raise RuntimeError("simulated crash")
+        return super().embed(images)
+
+
+def test_crash_keeps_finished_batches(dataset, tmp_path):
+    cache_path = tmp_path / "c.h5"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_extract(dataset, cache_path, FailingEmbedder(fail_on_call=3), batch_size=4)
+    assert not cache_path.exists()
+    interrupted = featx.load_cache(cache_path)
+    assert len(interrupted) == 8
+
+    embedder = StubEmbedder()
+    summary = run_extract(dataset, cache_path, embedder, batch_size=4)
+    assert summary.n_embedded == 19
+    assert embedder.n_images == 19
+    cache = featx.load_cache(cache_path)
+    assert len(cache) == 27
+    assert len(set(cache.paths)) == 27
+
+    reference_path = tmp_path / "reference.h5"
+    run_extract(dataset, reference_path, batch_size=4)
+    reference = featx.load_cache(reference_path)
+    order = np.argsort(cache.paths)
+    reference_order = np.argsort(reference.paths)
+    np.testing.assert_array_equal(cache.paths[order], reference.paths[reference_order])
+    np.testing.assert_array_equal(cache.embeddings[order], reference.embeddings[reference_order])
+
+
+def test_second_writer_rejected_naming_owner(dataset, tmp_path):
+    cache_path = tmp_path / "c.h5"
+    with CacheLock(cache_path):
+        with pytest.raises(FeatxError, match=rf"Cache is in use by another featx process: .*held by process {os.getpid()}"):
+            run_extract(dataset, cache_path)
+    assert run_extract(dataset, cache_path).n_embedded == 27
+
+
+def test_other_model_rejected(dataset, tmp_path):
+    run_extract(dataset, tmp_path / "c.h5")
+
+    class OtherModel(StubEmbedder):
+        handle = "stub://other"
+
+    with pytest.raises(FeatxError, match="Cache written with another model.*--rebuild"):
+        run_extract(dataset, tmp_path / "c.h5", OtherModel())
+
+
+def test_rebuild_keeps_previous_cache_as_backup(dataset, tmp_path):
+    run_extract(dataset, tmp_path / "c.h5")
+
+    class OtherModel(StubEmbedder):
+        handle = "stub://other"
+
+    summary = run_extract(dataset, tmp_path / "c.h5", OtherModel(), rebuild=True)
+    assert summary.n_embedded == 27
+    assert featx.load_cache(tmp_path / "c.h5").model_handle == "stub://other"
+    assert featx.load_cache(tmp_path / "c.h5.bak").model_handle == StubEmbedder.handle
+
+
+@pytest.mark.parametrize("flag,value", [("batch_size", 0), ("workers", -1)])
+def test_invalid_numbers_rejected(dataset, tmp_path, flag, value):
+    with pytest.raises(FeatxError, match=rf"Invalid value: --{flag.replace('_', '-')}\. Expected an integer of at least 1, got {value}"):
+        run_extract(dataset, tmp_path / "c.h5", **{flag: value})
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_cache_readable_with_h5py_alone(dataset, tmp_path):
+    run_extract(dataset, tmp_path / "c.h5")
+    with h5py.File(tmp_path / "c.h5", "r") as file:
+        assert file.attrs["format"] == "featx-cache"
+        assert list(file.attrs["class_names"]) == ["cats", "dogs", "fish"]
+        assert file["embeddings"].shape == (27, 48)
+        assert file["embeddings"].dtype == np.float32
+        assert file["embeddings"].maxshape == (None, 48)
+        labels = file["labels"][:]
+        paths = file["paths"].asstr()[:]
+        assert all(p.split("/")[1] == file.attrs["class_names"][l] for p, l in zip(paths, labels))
+        assert file["sha256"][0].decode().isalnum()
