@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from typing import Protocol
 
 import numpy as np
@@ -70,9 +71,7 @@ class HubEmbedder:
         mixed_precision: bool = False,
         input_size: int = INPUT_SIZE,
     ) -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
+        tf = _import_tensorflow_quietly()
         self.handle = handle
         self.input_size = input_size
         self._tf = tf
@@ -109,6 +108,39 @@ class HubEmbedder:
                 hint="Use an image feature-vector model, not a classifier or a detector.",
             )
         return output
+
+
+def _import_tensorflow_quietly():
+    """Import TensorFlow and probe its devices with C++ start-up messages hidden.
+
+    TensorFlow 2.21 prints oneDNN and CUDA notices to file descriptor 2
+    before its log settings apply, so TF_CPP_MIN_LOG_LEVEL cannot hide them.
+    They are captured and logged at debug level (shown with --verbose).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if logger.isEnabledFor(logging.DEBUG):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+        return tf
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace").strip()
+    if text:
+        logger.debug("TensorFlow start-up messages:\n%s", text)
+    return tf
 
 
 def _tf_device_name(tf, device: str) -> str:

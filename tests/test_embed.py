@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -96,3 +97,27 @@ def test_extract_cli_folder_not_a_model(dataset, tmp_path):
     assert f"error: Cannot load model: {not_a_model}." in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_two_extracts_on_one_cache(tiny_model_dir, dataset, tmp_path):
+    cache_path = tmp_path / "c.h5"
+    command = [sys.executable, "-m", "featx.extract", str(dataset), "--cache", str(cache_path),
+               "--model", str(tiny_model_dir), "--no-progress"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    owner = cache_path.with_name("c.h5.owner")
+    deadline = time.monotonic() + 120
+    while not owner.exists():
+        assert first.poll() is None, first.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    assert f"Cache is in use by another featx process: {cache_path}" in second.stderr
+    assert f"held by process {first.pid}" in second.stderr
+
+    _, first_log = first.communicate(timeout=300)
+    assert first.returncode == 0, first_log
+    cache = featx.load_cache(cache_path)
+    assert len(cache) == 27
+    assert len(set(cache.paths)) == 27

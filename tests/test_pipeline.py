@@ -179,6 +179,24 @@ def test_crash_keeps_finished_batches(dataset, tmp_path):
     np.testing.assert_array_equal(cache.embeddings[order], reference.embeddings[reference_order])
 
 
+class InterruptingEmbedder(StubEmbedder):
+    """Raises KeyboardInterrupt on the third call, as Ctrl-C would."""
+
+    def embed(self, images):
+        if self.n_calls == 2:
+            raise KeyboardInterrupt
+        return super().embed(images)
+
+
+def test_ctrl_c_saves_finished_batches(dataset, tmp_path):
+    cache_path = tmp_path / "c.h5"
+    with pytest.raises(KeyboardInterrupt):
+        run_extract(dataset, cache_path, InterruptingEmbedder(), batch_size=4)
+    assert cache_path.exists()
+    assert not journal_dir(cache_path).exists()
+    assert len(featx.load_cache(cache_path)) == 8
+
+
 def test_second_writer_rejected_naming_owner(dataset, tmp_path):
     cache_path = tmp_path / "c.h5"
     with CacheLock(cache_path):
