@@ -202,6 +202,10 @@ def load_cache(path: str | os.PathLike, include_missing: bool = False) -> Featur
         except FileNotFoundError:
             if attempt == 2:
                 raise
+    # Rows are returned sorted by path, so the same images give the same
+    # arrays (and the same fitted heads) whatever order the runs wrote them in.
+    order = np.argsort(table["paths"].astype(str), kind="stable")
+    table = {name: column[order] for name, column in table.items()}
     if not include_missing:
         missing = [str(p) for p in table["paths"][~table["present"]]]
         table = {name: column[table["present"]] for name, column in table.items()}

@@ -28,6 +28,23 @@ Image.MAX_IMAGE_PIXELS = None
 #: 16-bit RGB at this size needs about 3 GB; larger files are skipped.
 MAX_DECODED_PIXELS = 250_000_000
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: Endings of Pillow raw modes with 16 bits per sample ("RGB;16B", "RGBA;16N").
+#: Pillow loads such colour files as 8-bit RGB or RGBA. "BGR;16" (a 16-bit BMP
+#: pixel of 5 or 6 bits per channel) has no byte-order letter, so it does not match.
+_16BIT_RAWMODE_SUFFIXES = (";16B", ";16L", ";16N")
+
+#: Parts of Pillow's error messages (checked with Pillow 13.0) for pixel data
+#: that is cut short or corrupt, as opposed to a stored form it does not support.
+_CORRUPT_DATA_MESSAGES = (
+    "truncated",
+    "broken data stream",
+    "unrecognized data stream",
+    "buffer overrun",
+    "decoder error",
+)
+
 # OpenCV threads would compete with the decoding threads and the model.
 cv2.setNumThreads(1)
 
@@ -91,15 +108,18 @@ def decode_image(
     """
     if not data:
         raise DecodeError("empty file (0 bytes)")
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png_complete(data)
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise DecodeError("not an image: no decoder recognises the content") from None
     except (OSError, ValueError, SyntaxError) as error:
-        raise DecodeError(f"decoder failed: {error}") from None
+        raise _pillow_decode_error(error) from None
 
     width, height = image.size
     stored_mode = image.mode
+    stored_rawmode = _tile_rawmode(image)
     file_format = image.format or "unknown"
     try:
         if file_format == "JPEG":
@@ -134,12 +154,45 @@ def decode_image(
         width=width,
         height=height,
         channels=_MODE_CHANNELS.get(stored_mode, 1 if stored_mode.startswith("I;16") else 3),
-        bit_depth=_bit_depth(stored_mode),
+        bit_depth=_bit_depth(stored_mode, stored_rawmode),
         format=file_format,
     )
 
 
-def _bit_depth(mode: str) -> int:
+def _check_png_complete(data: bytes) -> None:
+    """Raise DecodeError unless the chunks of a PNG file run up to a whole IEND chunk.
+
+    Pillow stops reading after the last IDAT chunk, so a PNG cut within its
+    last few bytes (IEND, the IDAT checksums) would otherwise decode without error.
+    """
+    offset = len(_PNG_SIGNATURE)
+    while offset + 12 <= len(data):
+        if data[offset + 4:offset + 8] == b"IEND":
+            return
+        offset += 12 + int.from_bytes(data[offset:offset + 4], "big")
+    raise DecodeError("truncated file: the PNG data ends before its IEND chunk")
+
+
+def _pillow_decode_error(error: Exception) -> DecodeError:
+    """Return the DecodeError for an error Pillow raised on bad file content."""
+    message = str(error)
+    if "truncated" in message.lower():
+        return DecodeError(f"truncated file: {message}")
+    return DecodeError(f"decoder failed: {message}")
+
+
+def _tile_rawmode(image: Image.Image) -> str:
+    """Return the raw mode of the stored pixels ("RGB;16B" for 16-bit RGB PNG), or ""."""
+    if not image.tile:
+        return ""
+    args = image.tile[0][3]
+    rawmode = args[0] if isinstance(args, tuple) else args
+    return rawmode if isinstance(rawmode, str) else ""
+
+
+def _bit_depth(mode: str, rawmode: str) -> int:
+    if rawmode.endswith(_16BIT_RAWMODE_SUFFIXES):
+        return 16
     if mode == "1":
         return 1
     if mode.startswith("I;16"):
@@ -154,6 +207,9 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 
     High-bit-depth images are scaled by the full range of their type
     (65535 maps to 255), not truncated to their low byte.
+
+    NOTE: Pillow loads 16-bit RGB and RGBA already as 8-bit by keeping the
+    high byte, which can be one level below the rounded scaling used here.
     """
     mode = image.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
@@ -178,9 +234,12 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 
 
 def _decode_with_opencv(data: bytes, pillow_error: Exception) -> np.ndarray:
-    """Decode what Pillow cannot (16-bit colour TIFF, for example) with OpenCV."""
-    if "truncated" in str(pillow_error):
-        raise DecodeError(f"truncated file: {pillow_error}")
+    """Decode with OpenCV a file that Pillow opened but could not load or convert."""
+    message = str(pillow_error)
+    if any(fragment in message for fragment in _CORRUPT_DATA_MESSAGES):
+        # OpenCV 5.1 returns a mostly black image for a TIFF with corrupt LZW
+        # data after logging the libtiff error, so falling back would accept it.
+        raise _pillow_decode_error(pillow_error)
     buffer = np.frombuffer(data, dtype=np.uint8)
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
     array = cv2.imdecode(buffer, flags)

@@ -98,7 +98,7 @@ class HubEmbedder:
     def embed(self, images: np.ndarray) -> np.ndarray:
         with self._tf.device(self._device):
             output = self._embed_uint8(images)
-        output = np.asarray(output, dtype=np.float32)
+        output = np.array(output, dtype=np.float32)
         if output.ndim != 2 or output.shape[0] != images.shape[0]:
             raise FeatxError(
                 "Unsupported model output",

@@ -14,10 +14,16 @@ REQUIRE_VARIABLE = "FEATX_REQUIRE_INTEGRATION"
 
 
 class StubEmbedder:
-    """Deterministic stand-in for the TF Hub model: 4x4 grid of mean colours (48 floats)."""
+    """Deterministic stand-in for the TF Hub model (96 floats).
+
+    The first 48 values are the mean colours of a 4x4 grid, which separate the
+    test classes. The other 48 are pixel deviations from those means at fixed
+    spots, scaled up, so that two different noisy images of one colour stay
+    below the near-duplicate threshold, as two different X-rays do.
+    """
 
     handle = "stub://grid-means"
-    embedding_size = 48
+    embedding_size = 96
 
     def __init__(self) -> None:
         self.n_calls = 0
@@ -27,8 +33,11 @@ class StubEmbedder:
         assert images.dtype == np.uint8 and images.shape[1:] == (224, 224, 3)
         self.n_calls += 1
         self.n_images += len(images)
-        grid = images.reshape(len(images), 4, 56, 4, 56, 3).mean(axis=(2, 4))
-        return (grid.reshape(len(images), -1) / 255.0).astype(np.float32)
+        pixels = images.astype(np.float32) / 255.0
+        grid = pixels.reshape(len(images), 4, 56, 4, 56, 3).mean(axis=(2, 4))
+        spots = pixels[:, 28::56, 28::56, :] - grid
+        features = np.concatenate([grid.reshape(len(images), -1), 5 * spots.reshape(len(images), -1)], axis=1)
+        return features.astype(np.float32)
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def test_split_selects_rows(dataset, tmp_path):
     assert len(test) == 9
     assert set(test.splits) == {"test"}
     assert test.label_names == cache.label_names
-    assert test.embeddings.shape == (9, 48)
+    assert test.embeddings.shape == (9, 96)
     assert list(test.y[:3]) == ["cats", "cats", "cats"]
     with pytest.raises(FeatxError, match="Split not in cache: 'val'"):
         cache.split("val")

@@ -32,7 +32,7 @@ def test_first_run_embeds_every_image(dataset, tmp_path):
     cache = featx.load_cache(cache_path)
     assert len(cache) == 27
     assert cache.label_names == ["cats", "dogs", "fish"]
-    assert cache.embeddings.shape == (27, 48)
+    assert cache.embeddings.shape == (27, 96)
     assert cache.raw.shape == (27, 1024)
     assert sorted(set(cache.splits)) == ["test", "train"]
     assert len(set(cache.paths)) == 27
@@ -81,7 +81,7 @@ def test_changed_content_is_embedded_again(dataset, tmp_path):
     cache = featx.load_cache(tmp_path / "c.h5")
     assert len(cache) == 27
     row = list(cache.paths).index("train/dogs/dogs_1.png")
-    assert cache.embeddings[row].max() < 0.3
+    assert cache.embeddings[row][:48].max() < 0.3
 
 
 def test_touched_file_is_hashed_not_embedded(dataset, tmp_path):
@@ -239,9 +239,9 @@ def test_cache_readable_with_h5py_alone(dataset, tmp_path):
     with h5py.File(tmp_path / "c.h5", "r") as file:
         assert file.attrs["format"] == "featx-cache"
         assert list(file.attrs["class_names"]) == ["cats", "dogs", "fish"]
-        assert file["embeddings"].shape == (27, 48)
+        assert file["embeddings"].shape == (27, 96)
         assert file["embeddings"].dtype == np.float32
-        assert file["embeddings"].maxshape == (None, 48)
+        assert file["embeddings"].maxshape == (None, 96)
         labels = file["labels"][:]
         paths = file["paths"].asstr()[:]
         assert all(p.split("/")[1] == file.attrs["class_names"][l] for p, l in zip(paths, labels))
