@@ -2,8 +2,10 @@
 
 When the cache has a ``test`` split, the head is fitted on every other split
 and scored on ``test``. Cross-validation always runs too, over every image,
-with stratified folds that keep identical files (same SHA-256) in one fold so
-that a duplicated picture cannot be both trained on and scored.
+with stratified folds that keep each group of exact or near duplicates in one
+fold, so that a duplicated picture cannot be both trained on and scored.
+Test images that duplicate a training image are reported, and can be left out
+of a second test score.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import warnings
 
 import numpy as np
 
+from featx.auditing import DuplicateReport, find_duplicates, leaked_rows
 from featx.cache import FeatureCache
 from featx.errors import FeatxError
 from featx.heads import Head, feature_matrix
@@ -35,13 +38,19 @@ class Evaluation:
         Fitted on the training splits, or on every image when there is no test split.
     n_train, n_test : int
     test : dict or None
-        Test-split metrics (see :func:`classification_metrics`), None without a test split.
+        Test-split metrics (see :func:`classification_metrics`) with
+        ``accuracy_ci95``; None without a test split.
+    test_without_leaked : dict or None
+        The same on the test split minus images that duplicate a training
+        image; None unless requested and such images exist.
+    n_leaked : int
+        Test images that duplicate (exactly or nearly) a training image.
     y_test, y_pred : ndarray of shape (n_test,), int
     test_paths : ndarray of shape (n_test,), str
     cv : dict or None
-        ``folds``, ``accuracy_mean``, ``accuracy_std``, ``balanced_accuracy_mean``,
-        ``macro_f1_mean`` and per-fold ``accuracy``; None when a class has fewer
-        than 2 images.
+        ``folds``, ``accuracy_mean``, ``accuracy_std``, ``accuracy_ci95``,
+        ``balanced_accuracy_mean``, ``macro_f1_mean`` and per-fold
+        ``accuracy``; None when a class has fewer than 2 images.
     fit_seconds : float
         Time to fit the reported estimator.
     cv_seconds : float
@@ -54,6 +63,8 @@ class Evaluation:
     n_train: int
     n_test: int
     test: dict | None
+    test_without_leaked: dict | None
+    n_leaked: int
     y_test: np.ndarray
     y_pred: np.ndarray
     test_paths: np.ndarray
@@ -64,7 +75,8 @@ class Evaluation:
 
 
 def evaluate_head(
-    cache: FeatureCache, head: Head, n_folds: int = 5, random_state: int = 0
+    cache: FeatureCache, head: Head, n_folds: int = 5, random_state: int = 0,
+    duplicates: DuplicateReport | None = None, exclude_leaked: bool = False,
 ) -> Evaluation:
     """Fit ``head`` on the cache and measure it on the test split and by cross-validation.
 
@@ -75,7 +87,12 @@ def evaluate_head(
     n_folds : int, default 5
         Cross-validation folds; lowered, with a warning, when a class has fewer images.
     random_state : int, default 0
-        Seed of the estimator and of the fold assignment.
+        Seed of the estimator, the fold assignment and the bootstrap.
+    duplicates : DuplicateReport, optional
+        Computed with :func:`featx.auditing.find_duplicates` when not given.
+    exclude_leaked : bool, default False
+        Also score the test split without the images that duplicate a
+        training image.
 
     Raises
     ------
@@ -94,7 +111,18 @@ def evaluate_head(
     X = feature_matrix(cache, head.features)
     y = cache.labels
     is_test = cache.splits == "test"
+    if duplicates is None:
+        duplicates = find_duplicates(cache)
+    leaked = leaked_rows(cache, duplicates, "test")
+    test_without_leaked = None
 
+    if leaked.any():
+        logger.warning(
+            "%d test images duplicate a training image (exact or near copies), which "
+            "inflates the test score: %s%s", int(leaked.sum()),
+            ", ".join(str(p) for p in cache.paths[leaked][:5]),
+            "" if exclude_leaked else ". --exclude-leaked also scores the test split without them",
+        )
     if is_test.any():
         train = ~is_test
         _check_training_set(cache, train)
@@ -102,7 +130,14 @@ def evaluate_head(
         estimator, fit_seconds = _fit(head, X[train], y[train], random_state)
         y_pred = estimator.predict(X[is_test])
         test = classification_metrics(y[is_test], y_pred, cache.label_names)
+        test["accuracy_ci95"] = bootstrap_accuracy_ci(y[is_test], y_pred, random_state)
         n_train, n_test = int(train.sum()), int(is_test.sum())
+        if exclude_leaked and leaked.any():
+            clean = ~leaked[is_test]
+            test_without_leaked = classification_metrics(y[is_test][clean], y_pred[clean], cache.label_names)
+            test_without_leaked["accuracy_ci95"] = bootstrap_accuracy_ci(
+                y[is_test][clean], y_pred[clean], random_state)
+            test_without_leaked["n_test"] = int(clean.sum())
     else:
         logger.info("The cache has no test split: reporting cross-validation only")
         estimator, fit_seconds = _fit(head, X, y, random_state)
@@ -111,10 +146,12 @@ def evaluate_head(
         n_train, n_test = len(y), 0
 
     started = time.perf_counter()
-    cv = cross_validate_head(head, X, y, cache.sha256, cache.label_names, n_folds, random_state)
+    groups = duplicates.groups(len(y))
+    cv = cross_validate_head(head, X, y, groups, cache.label_names, n_folds, random_state)
     return Evaluation(
         head=head, label_names=list(cache.label_names), estimator=estimator,
-        n_train=n_train, n_test=n_test, test=test, y_test=y[is_test], y_pred=y_pred,
+        n_train=n_train, n_test=n_test, test=test, test_without_leaked=test_without_leaked,
+        n_leaked=int(leaked.sum()), y_test=y[is_test], y_pred=y_pred,
         test_paths=cache.paths[is_test], cv=cv, fit_seconds=fit_seconds,
         cv_seconds=time.perf_counter() - started, random_state=random_state,
     )
@@ -169,14 +206,22 @@ def cross_validate_head(
 
     counts = np.bincount(y, minlength=len(label_names))
     smallest = int(counts[counts > 0].min())
-    folds = min(n_folds, smallest)
+    n_groups = len(np.unique(groups))
+    if n_groups < min(n_folds, smallest):
+        logger.warning(
+            "Using %d cross-validation folds: duplicates join the %d images into only %d groups",
+            max(n_groups, 1), len(y), n_groups,
+        )
+    folds = min(n_folds, smallest, n_groups)
     if folds < 2:
         rare = [label_names[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
         logger.warning(
-            "Cross-validation skipped: class %s has fewer than 2 images", ", ".join(rare)
+            "Cross-validation skipped: %s",
+            f"class {', '.join(rare)} has fewer than 2 images" if rare
+            else "fewer than 2 groups of distinct images",
         )
         return None
-    if folds < n_folds:
+    if folds < n_folds and smallest < n_folds:
         rare = label_names[int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))]
         logger.warning(
             "Using %d cross-validation folds instead of %d: class %s has only %d images",
@@ -192,10 +237,41 @@ def cross_validate_head(
         "folds": folds,
         "accuracy_mean": float(accuracy.mean()),
         "accuracy_std": float(accuracy.std()),
+        "accuracy_ci95": mean_ci95(accuracy),
         "balanced_accuracy_mean": float(scores["test_balanced_accuracy"].mean()),
         "macro_f1_mean": float(scores["test_f1_macro"].mean()),
         "accuracy": [float(a) for a in accuracy],
     }
+
+
+def bootstrap_accuracy_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, random_state: int = 0, n_resamples: int = 2000
+) -> list[float]:
+    """Return the 95% percentile bootstrap interval of accuracy, resampling test images."""
+    if len(y_true) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(random_state)
+    correct = (np.asarray(y_true) == np.asarray(y_pred)).astype(float)
+    samples = rng.integers(0, len(correct), size=(n_resamples, len(correct)))
+    accuracies = correct[samples].mean(axis=1)
+    low, high = np.percentile(accuracies, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def mean_ci95(values: np.ndarray) -> list[float]:
+    """Return a Student t 95% interval for the mean of per-fold scores.
+
+    Folds share most of their training images, so the fold scores are not
+    independent and this interval is somewhat too narrow; it still shows how
+    much the mean moves with the fold assignment.
+    """
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return [float("nan"), float("nan")]
+    half_width = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return [float(values.mean() - half_width), float(values.mean() + half_width)]
 
 
 def _fit(head: Head, X: np.ndarray, y: np.ndarray, random_state: int):

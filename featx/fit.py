@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and cross-validation metrics.",
     )
     parser.add_argument(
-        "--head", required=True, choices=sorted(HEADS),
-        help="; ".join(f"{h.name}: {h.description}" for h in HEADS.values()) + ".",
+        "--head", required=True, choices=[*HEADS, "all"],
+        help="; ".join(f"{h.name}: {h.description}" for h in HEADS.values())
+        + "; all: every head on the same folds, with a comparison table.",
     )
     parser.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE_PATH,
@@ -36,8 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out", type=Path, default=None,
-        help="Folder for metrics.json, confusion_matrix.png and head.joblib "
-        f"(default: {DEFAULT_RUNS_DIR}/<head>).",
+        help="Folder for metrics.json, confusion_matrix.png, head.joblib and report.md "
+        f"(default: {DEFAULT_RUNS_DIR}/<head>); with --head all, one subfolder per head "
+        "plus comparison.json and comparison.md.",
+    )
+    parser.add_argument(
+        "--exclude-leaked", action="store_true",
+        help="Also score the test split without the images that duplicate (exactly or "
+        "nearly) a training image, and report both figures.",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None,
+        help="Cosine similarity above which two images are near-duplicates "
+        "(default: the audit's, 0.95).",
     )
     parser.add_argument(
         "--folds", type=int, default=5,
@@ -61,16 +73,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.captureWarnings(True)
 
     def body() -> int:
+        import json
+        import shlex
+
+        from featx.auditing import DEFAULT_NEAR_DUPLICATE_THRESHOLD, find_duplicates, run_audit
         from featx.cache import load_cache
-        from featx.evaluation import evaluate_head
         from featx.errors import FeatxError
-        from featx.heads import get_head
-        from featx.reporting import format_report, save_outputs
+        from featx.evaluation import evaluate_head
+        from featx.heads import HEADS, get_head
+        from featx.reporting import (
+            comparison_rows,
+            format_comparison_markdown,
+            format_report,
+            save_outputs,
+            write_report,
+        )
 
         check_positive_int(args.folds, "--folds")
         if args.folds < 2:
             raise FeatxError("Invalid value", "--folds", expected="an integer of at least 2", got=args.folds)
-        head = get_head(args.head)
+        threshold = DEFAULT_NEAR_DUPLICATE_THRESHOLD if args.threshold is None else args.threshold
+        if not 0 < threshold <= 1:
+            raise FeatxError("Invalid value", "--threshold", expected="a number in (0, 1]", got=threshold)
+        heads = list(HEADS.values()) if args.head == "all" else [get_head(args.head)]
         cache = load_cache(args.cache, include_missing=args.include_missing)
         logger.info(
             "Cache %s: %d images, classes %s, splits %s, model %s",
@@ -84,11 +109,29 @@ def main(argv: list[str] | None = None) -> int:
             )
         if cache.skipped:
             logger.warning("The last extract run skipped %d files that could not be decoded", len(cache.skipped))
-        evaluation = evaluate_head(cache, head, n_folds=args.folds, random_state=args.random_state)
-        print(format_report(evaluation), flush=True)
-        out_dir = args.out if args.out is not None else DEFAULT_RUNS_DIR / head.name
-        written = save_outputs(evaluation, out_dir, cache)
-        logger.info("Wrote %s", ", ".join(str(path) for path in written.values()))
+
+        duplicates = find_duplicates(cache, threshold)
+        out_dir = args.out if args.out is not None else DEFAULT_RUNS_DIR / args.head
+        evaluations = []
+        for head in heads:
+            evaluation = evaluate_head(cache, head, n_folds=args.folds, random_state=args.random_state,
+                                       duplicates=duplicates, exclude_leaked=args.exclude_leaked)
+            print(format_report(evaluation), flush=True)
+            head_dir = out_dir / head.name if args.head == "all" else out_dir
+            written = save_outputs(evaluation, head_dir, cache)
+            logger.info("Wrote %s", ", ".join(str(path) for path in written.values()))
+            evaluations.append(evaluation)
+
+        if args.head == "all":
+            rows = comparison_rows(evaluations)
+            table = format_comparison_markdown(rows)
+            print("\n" + table, flush=True)
+            (out_dir / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+            (out_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
+        audit = run_audit(cache, threshold, args.folds, args.random_state, duplicates=duplicates)
+        command = "python -m featx.fit " + shlex.join(argv if argv is not None else sys.argv[1:])
+        report = write_report(out_dir, evaluations, audit, command, cache)
+        logger.info("Wrote %s", report)
         return 0
 
     return _cli.run(body)

@@ -61,11 +61,45 @@ def _raw_mlp(random_state: int):
     )
 
 
+def _scaled(estimator):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # Inside the pipeline, so cross-validation learns the scaling from the
+    # training folds only.
+    return make_pipeline(StandardScaler(), estimator)
+
+
+def _logreg(random_state: int):
+    from sklearn.linear_model import LogisticRegression
+
+    return _scaled(LogisticRegression(max_iter=5000, random_state=random_state))
+
+
+def _svm(random_state: int):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    # Calibration gives predict_proba for predict's CSV output; scikit-learn
+    # 1.9 deprecates SVC(probability=True) in favour of this form.
+    return _scaled(CalibratedClassifierCV(SVC(kernel="rbf", random_state=random_state),
+                                          ensemble=False, cv=3))
+
+
+def _knn(random_state: int):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return _scaled(KNeighborsClassifier(n_neighbors=5))
+
+
 HEADS: dict[str, Head] = {
     head.name: head
     for head in (
         Head("mlp", "embeddings", "MLP, one hidden layer of 30 units, on the model embeddings", _mlp),
         Head("raw", "raw", "the same MLP on standardised 32x32 grayscale pixels (baseline)", _raw_mlp),
+        Head("logreg", "embeddings", "logistic regression on standardised embeddings", _logreg),
+        Head("svm", "embeddings", "RBF support vector machine on standardised embeddings", _svm),
+        Head("knn", "embeddings", "5 nearest neighbours on standardised embeddings", _knn),
     )
 }
 
@@ -76,7 +110,7 @@ def get_head(name: str) -> Head:
         return HEADS[name]
     except KeyError:
         raise FeatxError(
-            "Unknown head", f"--head {name}", expected=f"one of {', '.join(HEADS)}"
+            "Unknown head", f"--head {name}", expected=f"one of {', '.join(HEADS)} or all"
         ) from None
 
 

@@ -36,7 +36,7 @@ class StubEmbedder:
         pixels = images.astype(np.float32) / 255.0
         grid = pixels.reshape(len(images), 4, 56, 4, 56, 3).mean(axis=(2, 4))
         spots = pixels[:, 28::56, 28::56, :] - grid
-        features = np.concatenate([grid.reshape(len(images), -1), 5 * spots.reshape(len(images), -1)], axis=1)
+        features = np.concatenate([grid.reshape(len(images), -1), 10 * spots.reshape(len(images), -1)], axis=1)
         return features.astype(np.float32)
 
 
