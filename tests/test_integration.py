@@ -5,11 +5,13 @@ holding the default model); skipped without them unless
 FEATX_REQUIRE_INTEGRATION=1, which CI sets.
 """
 
+import csv
 import json
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +122,40 @@ def test_real_sigkill_then_rerun(real_cache, real_data_dir, tmp_path):
     # then round differently in the last bits.
     np.testing.assert_allclose(cache.embeddings[order], reference.embeddings[reference_order],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_real_audit_finds_leaked_test_images(real_cache, tmp_path):
+    cache_path, _ = real_cache
+    from featx import audit
+
+    assert audit.main(["--cache", str(cache_path), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "audit.json").read_text())
+    assert len(result["exact_duplicate_groups"]) == 10
+    leaked = {held_out for held_out, _, _ in result["cross_split_duplicates"]}
+    assert len(leaked) == 6
+    assert all(path.startswith("test/Covid/") for path in leaked)
+    assert result["metadata_baseline"]["accuracy_mean"] > result["majority_rate"]
+
+
+def test_real_predict_matches_fit(real_cache, real_data_dir, tmp_path):
+    cache_path, _ = real_cache
+    from featx import fit
+
+    out = tmp_path / "mlp"
+    assert fit.main(["--head", "mlp", "--cache", str(cache_path), "--out", str(out)]) == 0
+    with open(out / "test_predictions.csv", newline="") as handle:
+        expected = {row["path"]: row["predicted"] for row in csv.DictReader(handle)}
+    assert len(expected) == 66
+
+    # No --cache: every test image is decoded and embedded again by predict.
+    result = subprocess.run(
+        [sys.executable, "-m", "featx.predict", "--head", str(out / "head.joblib"),
+         str(real_data_dir / "test"), "--out", str(tmp_path / "predictions.csv")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 66
+    predicted = {str(Path(row["path"]).relative_to(real_data_dir).as_posix()): row["label"] for row in rows}
+    assert predicted == expected
