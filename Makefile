@@ -1,4 +1,4 @@
-# make run DATA=<folder>   extract the folder, fit both heads, print both confusion matrices
+# make run DATA=<folder>   extract the folder, fit both heads, print both confusion matrices, audit
 # make test                run the test suite (integration tests need FEATX_DATA_DIR, TFHUB_CACHE_DIR)
 
 PYTHON ?= python3
@@ -27,6 +27,7 @@ endif
 	$(BIN)/python -m featx.extract "$(DATA)" --cache "$(CACHE)"
 	$(BIN)/python -m featx.fit --head mlp --cache "$(CACHE)" --out "$(RUNS)/mlp"
 	$(BIN)/python -m featx.fit --head raw --cache "$(CACHE)" --out "$(RUNS)/raw"
+	$(BIN)/python -m featx.audit --cache "$(CACHE)" --out "$(RUNS)/audit"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
