@@ -30,7 +30,7 @@ endif
 	$(BIN)/python -m featx.audit --cache "$(CACHE)" --out "$(RUNS)/audit"
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

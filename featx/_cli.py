@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from featx.errors import FeatxError
@@ -57,6 +58,18 @@ class _Formatter(logging.Formatter):
         if record.levelno >= logging.WARNING:
             return f"warning: {message}"
         return message
+
+
+def make_output_folder(folder: Path, flag: str) -> None:
+    """Create an output folder before any long work, or raise FeatxError naming ``flag``."""
+    if folder.exists() and not folder.is_dir():
+        raise FeatxError("Output path is a file", f"{flag} {folder}",
+                         expected="a folder, existing or new")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FeatxError("Cannot create output folder", f"{flag} {folder}",
+                         hint=f"({error.strerror}) Pass a folder you can write to.") from None
 
 
 def run(main: Callable[[], int]) -> int:

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.threshold <= 1:
             raise FeatxError("Invalid value", "--threshold", expected="a number in (0, 1]",
                              got=args.threshold)
+        _cli.make_output_folder(args.out, "--out")
         cache = load_cache(args.cache)
         audit = run_audit(cache, args.threshold, args.folds, args.random_state)
         print(format_audit_summary(audit), flush=True)

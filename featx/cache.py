@@ -242,12 +242,15 @@ def load_cache(path: str | os.PathLike, include_missing: bool = False) -> Featur
 
 def _read_all(path: Path) -> tuple[dict[str, np.ndarray], dict, list[tuple[str, str]]]:
     parts = list_journal(path)
+    if path.is_dir():
+        raise FeatxError("Cache path is a folder", str(path),
+                         expected="the path of a cache file such as cache/embeddings.h5")
     if not path.exists() and not parts:
         raise FeatxError(
             "Cache not found",
             str(path),
-            hint="Run `python -m featx.extract DATA_DIR --cache PATH` first, "
-            "or pass the path of an existing cache with --cache.",
+            hint="Check the path, or write the cache first with "
+            "`python -m featx.extract DATA_DIR --cache PATH`.",
         )
     if path.exists():
         with open_cache_file(path) as file:
@@ -279,7 +282,7 @@ def open_cache_file(path: Path) -> h5py.File:
             "Cannot read cache",
             str(path),
             expected="an HDF5 file written by featx",
-            got=f"a file that HDF5 cannot open ({_first_line(error)})",
+            got=f"a file that HDF5 cannot open: {_first_line(error)}",
             hint="The file is damaged or is not a featx cache. Move it away and "
             "run extract again, or pass another --cache path.",
         ) from None

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mixed-precision", action="store_true",
-        help="On a GPU, let TensorFlow run float16 kernels (faster; embeddings change slightly).",
+        help="On a GPU, let TensorFlow run float16 kernels; no effect on a CPU.",
     )
     parser.add_argument(
         "--rebuild", action="store_true",
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 + ("; ..." if len(summary.skipped) > 10 else ""),
             )
         if summary.n_ok == 0:
-            logger.error("No image could be read; nothing was cached")
+            logger.error("None of the %d images could be read, so no cache was written. "
+                         "Check the skipped files and their reasons above", summary.n_images)
             return 1
         logger.info("Cache: %s", summary.cache_path)
         return 0

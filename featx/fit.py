@@ -13,7 +13,6 @@ from pathlib import Path
 
 from featx import _cli
 from featx.config import DEFAULT_CACHE_PATH, DEFAULT_RUNS_DIR
-from featx.errors import check_positive_int
 
 logger = logging.getLogger("featx.fit")
 
@@ -89,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             write_report,
         )
 
-        check_positive_int(args.folds, "--folds")
         if args.folds < 2:
             raise FeatxError("Invalid value", "--folds", expected="an integer of at least 2", got=args.folds)
+        if args.random_state < 0:
+            raise FeatxError("Invalid value", "--random-state", expected="an integer of at least 0",
+                             got=args.random_state)
         threshold = DEFAULT_NEAR_DUPLICATE_THRESHOLD if args.threshold is None else args.threshold
         if not 0 < threshold <= 1:
             raise FeatxError("Invalid value", "--threshold", expected="a number in (0, 1]", got=threshold)
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
         duplicates = find_duplicates(cache, threshold)
         out_dir = args.out if args.out is not None else DEFAULT_RUNS_DIR / args.head
+        _cli.make_output_folder(out_dir, "--out")
         evaluations = []
         for head in heads:
             evaluation = evaluate_head(cache, head, n_folds=args.folds, random_state=args.random_state,

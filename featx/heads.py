@@ -54,7 +54,8 @@ def _raw_mlp(random_state: int):
     from sklearn.preprocessing import StandardScaler
 
     # Pixels are standardised inside the pipeline, so within cross-validation
-    # the scaling is learnt from the training folds only.
+    # the scaling is learnt from the training folds only, and the fitted head
+    # takes the cached uint8 thumbnails (0-255) as they are.
     return make_pipeline(
         StandardScaler(),
         MLPClassifier(hidden_layer_sizes=(30,), max_iter=1000, random_state=random_state),
@@ -117,10 +118,11 @@ def get_head(name: str) -> Head:
 def feature_matrix(cache: FeatureCache, features: str) -> np.ndarray:
     """Return X of shape (n_samples, n_features), float32, for a head's feature kind.
 
-    Raw pixels are scaled from 0-255 to [0, 1].
+    Raw pixels keep their 0-255 range, so a saved head accepts ``cache.raw``
+    and freshly decoded thumbnails without any rescaling.
     """
     if features == "embeddings":
         return np.asarray(cache.embeddings, dtype=np.float32)
     if features == "raw":
-        return cache.raw.astype(np.float32) / 255.0
+        return cache.raw.astype(np.float32)
     raise ValueError(f"unknown feature kind {features!r}")

@@ -167,7 +167,10 @@ def extract_features(
             run.process(collection.images, progress)
         except KeyboardInterrupt:
             if writer.has_journal:
-                logger.warning("Interrupted: saving the batches finished so far")
+                logger.warning(
+                    "Interrupted: saving the %d images embedded so far to %s; run the same "
+                    "command again to finish", run.n_embedded + run.n_reused, config.cache_path,
+                )
                 run.commit(collection)
             raise
         run.commit(collection)
@@ -220,23 +223,26 @@ class _ExtractRun:
         if not to_read:
             return
         logger.info(
-            "%d images are new or changed, %d are cached; decoding with %d threads",
+            "%d images to read (not cached yet, or changed since), %d cached; decoding with %d threads",
             len(to_read), self.n_cached, self.workers,
         )
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         known_hashes = self.writer.hashes
         bar = tqdm(total=len(to_read), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
         with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="featx-decode") as pool:
             read = lambda image: _read_image(image, known_hashes)  # noqa: E731
             max_pending = self.batch_size * (PREFETCH_BATCHES + 1)
-            try:
-                for outcome in _ordered_map(pool, read, to_read, max_pending):
-                    self._add(outcome)
-                    bar.update(1)
-                self._flush()
-            finally:
-                bar.close()
+            # Log lines printed while the bar is shown go above it, not into it.
+            with logging_redirect_tqdm(loggers=[logging.getLogger("featx")]):
+                try:
+                    for outcome in _ordered_map(pool, read, to_read, max_pending):
+                        self._add(outcome)
+                        bar.update(1)
+                    self._flush()
+                finally:
+                    bar.close()
 
     def _is_unchanged(self, image: ImageFile) -> bool:
         """Return True when the file has the size and mtime recorded for it."""

@@ -131,7 +131,7 @@ def predict_images(
             continue
         row = cached.get(hashlib.sha256(data).hexdigest())
         if row is not None:
-            vector = cache.embeddings[row] if features == "embeddings" else cache.raw[row] / 255.0
+            vector = cache.embeddings[row] if features == "embeddings" else cache.raw[row]
             rows_to_score.append((index, vector))
             continue
         try:
@@ -140,7 +140,7 @@ def predict_images(
             results[index]["error"] = str(error)
             continue
         if features == "raw":
-            rows_to_score.append((index, decoded.raw / 255.0))
+            rows_to_score.append((index, decoded.raw))
         else:
             pending.append((index, decoded.pixels))
             if len(pending) >= batch_size:

@@ -10,7 +10,7 @@ from tests.test_pipeline import run_extract
 
 
 def test_missing_cache_error(tmp_path):
-    with pytest.raises(FeatxError, match=r"Cache not found: .*nothing\.h5\. Run `python -m featx.extract"):
+    with pytest.raises(FeatxError, match=r"Cache not found: .*nothing\.h5\. Check the path, or write the cache first with `python -m featx.extract"):
         featx.load_cache(tmp_path / "nothing.h5")
 
 

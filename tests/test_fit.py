@@ -51,7 +51,7 @@ def test_fit_cli_writes_outputs(cache_path, tmp_path, head, capsys):
     assert saved["label_names"] == ["cats", "dogs", "fish"]
     assert saved["model_handle"] == "stub://grid-means"
     cache = featx.load_cache(cache_path)
-    X = cache.embeddings if head == "mlp" else cache.raw / 255.0
+    X = cache.embeddings if head == "mlp" else cache.raw
     assert saved["estimator"].predict(X).shape == (42,)
     if head == "mlp":
         assert list(saved["estimator"].predict(X)) == list(cache.labels)
@@ -130,3 +130,27 @@ def test_unknown_head_rejected(cache_path, capsys):
 def test_missing_cache_exit_status(tmp_path, capsys):
     assert fit.main(["--head", "mlp", "--cache", str(tmp_path / "none.h5")]) == 2
     assert "error: Cache not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--folds", "1"], "Invalid value: --folds. Expected an integer of at least 2, got 1."),
+    (["--folds", "0"], "Invalid value: --folds. Expected an integer of at least 2, got 0."),
+    (["--random-state", "-1"], "Invalid value: --random-state. Expected an integer of at least 0, got -1."),
+])
+def test_invalid_fit_flags(cache_path, capsys, flags, message):
+    assert fit.main(["--head", "mlp", "--cache", str(cache_path), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_out_path_is_file_rejected_before_fitting(cache_path, tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert fit.main(["--head", "mlp", "--cache", str(cache_path), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: Output path is a file: --out {target}." in err
+    assert "Traceback" not in err
+
+
+def test_cache_path_is_folder_rejected(tmp_path, capsys):
+    assert fit.main(["--head", "mlp", "--cache", str(tmp_path)]) == 2
+    assert f"error: Cache path is a folder: {tmp_path}." in capsys.readouterr().err
