@@ -62,7 +62,7 @@ class CacheWriter:
     input_size, raw_size : int
         Image sizes of this run; must match an existing cache.
     rebuild : bool
-        Rename an existing cache to ``<cache>.bak`` and start an empty one.
+        Rename an existing cache to ``<cache>.bak-<timestamp>`` and start an empty one.
 
     Attributes
     ----------
@@ -133,7 +133,9 @@ class CacheWriter:
         self._lock.release()
 
     def _set_aside(self) -> None:
-        backup = self.path.with_name(self.path.name + ".bak")
+        # A timestamp keeps the backups of earlier rebuilds too.
+        stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+        backup = self.path.with_name(f"{self.path.name}.bak-{stamp}")
         if self.path.exists():
             os.replace(self.path, backup)
             logger.info("Moved the previous cache to %s (--rebuild)", backup)

@@ -61,7 +61,7 @@ class ExtractConfig:
     mixed_precision : bool
         Let TensorFlow run float16 kernels on a GPU (auto mixed precision).
     rebuild : bool
-        Set the existing cache aside and start a new one.
+        Rename the existing cache to ``<cache>.bak-<timestamp>`` and start a new one.
     """
 
     data_dir: Path

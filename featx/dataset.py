@@ -129,7 +129,8 @@ def find_images(data_dir: str | os.PathLike) -> ImageCollection:
                 "Empty class folder",
                 str(class_dir),
                 expected=f"at least one image ({', '.join(sorted(IMAGE_EXTENSIONS))})",
-                got=f"{len(class_ignored)} other files",
+                got="no file with an image extension" + (
+                    f" ({len(class_ignored)} with other extensions)" if class_ignored else ""),
                 hint="Add images or remove the folder.",
             )
         images.extend(found)

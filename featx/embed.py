@@ -156,7 +156,11 @@ def _tf_device_name(tf, device: str) -> str:
     return "/GPU:0"
 
 
-def _load_model(handle: str):
+def check_model_handle(handle: str) -> None:
+    """Raise FeatxError when ``handle`` names a local folder that does not exist.
+
+    Called before any work, so that a mistyped --model fails at once.
+    """
     if not is_url(handle):
         path = handle[len("file://"):] if handle.startswith("file://") else handle
         if not os.path.isdir(path):
@@ -165,6 +169,10 @@ def _load_model(handle: str):
                 handle,
                 expected="a TF Hub handle URL or a local SavedModel folder",
             )
+
+
+def _load_model(handle: str):
+    check_model_handle(handle)
     import tensorflow_hub as hub
 
     try:

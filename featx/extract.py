@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rebuild", action="store_true",
-        help="Rename an existing cache to <cache>.bak and embed everything again.",
+        help="Rename an existing cache to <cache>.bak-<timestamp> and embed everything again.",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="Do not show the progress bar.",
@@ -76,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             mixed_precision=args.mixed_precision, rebuild=args.rebuild,
         )
         summary = extract_features(config, progress=not (args.no_progress or args.quiet))
-        for path, reason in summary.skipped:
-            logger.debug("skipped: %s (%s)", path, reason)
         if summary.n_missing:
             logger.warning(
                 "%d cached images are no longer in %s; they stay in the cache, "

@@ -25,7 +25,7 @@ from featx.cache_writer import CacheWriter
 from featx.config import INPUT_SIZE, RAW_SIZE, ExtractConfig, default_workers
 from featx.dataset import ImageCollection, ImageFile, find_images
 from featx.decode import DecodedImage, DecodeError, decode_image
-from featx.embed import Embedder
+from featx.embed import Embedder, check_model_handle
 from featx.errors import FeatxError, check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ def extract_features(
     if make_embedder is None:
         make_embedder = _hub_embedder_factory(config)
 
+    check_model_handle(config.model_handle)
     collection = find_images(config.data_dir)
     logger.info(
         "Found %d images in %d classes (%s) under %s, splits: %s",
@@ -223,7 +224,7 @@ class _ExtractRun:
         if not to_read:
             return
         logger.info(
-            "%d images to read (not cached yet, or changed since), %d cached; decoding with %d threads",
+            "%d images to read (not cached yet, or changed since), %d cached; decoding threads: %d",
             len(to_read), self.n_cached, self.workers,
         )
         from tqdm import tqdm

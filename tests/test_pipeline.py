@@ -224,7 +224,9 @@ def test_rebuild_keeps_previous_cache_as_backup(dataset, tmp_path):
     summary = run_extract(dataset, tmp_path / "c.h5", OtherModel(), rebuild=True)
     assert summary.n_embedded == 27
     assert featx.load_cache(tmp_path / "c.h5").model_handle == "stub://other"
-    assert featx.load_cache(tmp_path / "c.h5.bak").model_handle == StubEmbedder.handle
+    backups = list(tmp_path.glob("c.h5.bak-*"))
+    assert len(backups) == 1
+    assert featx.load_cache(backups[0]).model_handle == StubEmbedder.handle
 
 
 @pytest.mark.parametrize("flag,value", [("batch_size", 0), ("workers", -1)])
