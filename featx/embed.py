@@ -62,6 +62,11 @@ class HubEmbedder:
         runs float16 kernels on a GPU and has no effect on a CPU.
     input_size : int
         Side of the square input in pixels.
+    warmup_batch_size : int
+        Batch of blank images run once at load time. TensorFlow prepares its
+        kernels for a batch shape on the first call with it, which takes a
+        large part of a second on a CPU; doing it here keeps that start-up
+        cost out of the first real batch.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class HubEmbedder:
         device: str = "auto",
         mixed_precision: bool = False,
         input_size: int = INPUT_SIZE,
+        warmup_batch_size: int = 1,
     ) -> None:
         tf = _import_tensorflow_quietly()
         self.handle = handle
@@ -88,7 +94,7 @@ class HubEmbedder:
 
         self._model = model
         self._embed_uint8 = embed_uint8
-        probe = self.embed(np.zeros((1, input_size, input_size, 3), np.uint8))
+        probe = self.embed(np.zeros((max(1, warmup_batch_size), input_size, input_size, 3), np.uint8))
         self.embedding_size = int(probe.shape[1])
         logger.info(
             "Model %s: input %dx%d RGB, %d features, on %s",

@@ -196,7 +196,8 @@ def _hub_embedder_factory(config: ExtractConfig) -> Callable[[], Embedder]:
         from featx.embed import HubEmbedder
 
         return HubEmbedder(config.model_handle, device=config.device,
-                           mixed_precision=config.mixed_precision)
+                           mixed_precision=config.mixed_precision,
+                           warmup_batch_size=config.batch_size)
 
     return make
 

@@ -1,5 +1,6 @@
 """The extract loop with a NumPy stand-in model: incremental runs, skips, crashes, locks."""
 
+import errno
 import os
 import shutil
 
@@ -248,3 +249,41 @@ def test_cache_readable_with_h5py_alone(dataset, tmp_path):
         paths = file["paths"].asstr()[:]
         assert all(p.split("/")[1] == file.attrs["class_names"][l] for p, l in zip(paths, labels))
         assert file["sha256"][0].decode().isalnum()
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_in_batch_keeps_cache(dataset, tmp_path, monkeypatch):
+    cache_path = tmp_path / "c.h5"
+    run_extract(dataset, cache_path)
+    before = cache_path.read_bytes()
+    write_image(dataset / "train" / "cats" / "new.png", textured_image((1, 2, 3), 77))
+    monkeypatch.setattr("featx.cache_writer.np.savez", _no_space)
+    with pytest.raises(FeatxError, match=r"Cannot write cache: .*c\.h5 \(no space left on device\)\. The existing cache file is unchanged"):
+        run_extract(dataset, cache_path)
+    assert cache_path.read_bytes() == before
+    assert len(featx.load_cache(cache_path)) == 27
+    assert not list(tmp_path.glob(".c.h5.tmp-*"))
+
+
+def test_disk_full_in_merge_keeps_cache_and_journal(dataset, tmp_path, monkeypatch):
+    cache_path = tmp_path / "c.h5"
+    run_extract(dataset, cache_path)
+    before = cache_path.read_bytes()
+    write_image(dataset / "train" / "cats" / "new.png", textured_image((1, 2, 3), 77))
+    monkeypatch.setattr("featx.cache_writer._write_skipped", _no_space)
+    with pytest.raises(FeatxError, match=r"no space left on device.*Batches finished in this run are kept in .*c\.h5\.journal"):
+        run_extract(dataset, cache_path)
+    assert cache_path.read_bytes() == before
+    assert not list(tmp_path.glob(".c.h5.tmp-*"))
+    assert len(featx.load_cache(cache_path)) == 28
+
+    monkeypatch.undo()
+    embedder = StubEmbedder()
+    summary = run_extract(dataset, cache_path, embedder)
+    assert embedder.n_images == 0
+    assert summary.n_cached == 28
+    assert len(featx.load_cache(cache_path)) == 28
+    assert not journal_dir(cache_path).exists()
