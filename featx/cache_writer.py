@@ -34,7 +34,6 @@ from featx.cache import (
     iter_row_chunks,
     journal_dir,
     list_journal,
-    merge_tables,
     open_cache_file,
     read_attrs,
     read_journal_part,
@@ -84,7 +83,12 @@ class CacheWriter:
         self.rebuild = rebuild
         self._lock = CacheLock(self.path)
         self._file: h5py.File | None = None
-        self._journal_tables: list[dict[str, np.ndarray]] = []
+        # Journal parts on disk, and for each path in them the part and row
+        # of its latest version. Only this index stays in memory, so memory
+        # does not grow with the embeddings written.
+        self._parts: list[Path] = []
+        self._journal_rows: dict[str, tuple[int, int]] = {}
+        self._part_cache: tuple[int, dict[str, np.ndarray]] | None = None
         self._next_part = 0
         self.index: dict[str, dict] = {}
         self.hashes: dict[str, tuple[str, int]] = {}
@@ -163,11 +167,11 @@ class CacheWriter:
             table, part_attrs = read_journal_part(part)
             check_compatible(part_attrs, self.attrs, part)
             self.attrs.setdefault("embedding_size", int(part_attrs["embedding_size"]))
-            self._journal_tables.append(table)
-            self._add_to_index(table, len(self._journal_tables) - 1)
+            self._parts.append(part)
+            self._add_to_index(table, len(self._parts) - 1)
             self._next_part = max(self._next_part, int(part.stem.split("-")[1]) + 1)
-        if self._journal_tables:
-            n_rows = sum(len(t["paths"]) for t in self._journal_tables)
+        if self._parts:
+            n_rows = len(self._journal_rows)
             logger.info(
                 "Found %d images embedded by an unfinished run in %s; they are kept",
                 n_rows, journal_dir(self.path),
@@ -178,6 +182,8 @@ class CacheWriter:
             entry = {name: table[name][row] for name in ("file_size", "mtime_ns", "sha256", "labels", "splits", "present")}
             self.index[path] = entry
             self.hashes[entry["sha256"]] = (source, row)
+            if source != "main":
+                self._journal_rows[path] = (source, row)
 
     # --- reading cached content ---------------------------------------------
 
@@ -191,16 +197,21 @@ class CacheWriter:
                 for name in CONTENT_COLUMNS:
                     columns[name].append(values[name][0])
             else:
-                table = self._journal_tables[source]
+                table = self._read_part(source)
                 for name in CONTENT_COLUMNS:
                     columns[name].append(table[name][row])
         return {name: np.asarray(values) for name, values in columns.items()}
 
     # --- writing -------------------------------------------------------------
 
+    def _read_part(self, source: int) -> dict[str, np.ndarray]:
+        if self._part_cache is None or self._part_cache[0] != source:
+            self._part_cache = (source, read_journal_part(self._parts[source])[0])
+        return self._part_cache[1]
+
     @property
     def has_journal(self) -> bool:
-        return bool(self._journal_tables)
+        return bool(self._parts)
 
     def append(self, table: dict[str, np.ndarray], embedding_size: int) -> None:
         """Write one batch of rows to the journal, durably, before returning.
@@ -227,8 +238,8 @@ class CacheWriter:
         except OSError as error:
             raise _write_error(self.path, error, journal_kept=self.has_journal) from None
         self._next_part += 1
-        self._journal_tables.append(table)
-        self._add_to_index(table, len(self._journal_tables) - 1)
+        self._parts.append(part)
+        self._add_to_index(table, len(self._parts) - 1)
 
     def commit(
         self,
@@ -247,14 +258,9 @@ class CacheWriter:
         data_dir : Path
             The data folder of this run, stored as an attribute.
         """
-        journal = None
-        for table in self._journal_tables:
-            journal = table if journal is None else merge_tables(journal, table)
-        replaced = set(journal["paths"].tolist()) if journal is not None else set()
-
+        replaced = self._journal_rows
         labels = set(self.class_names)
-        if journal is not None:
-            labels.update(str(label) for label in journal["labels"])
+        labels.update(str(self.index[path]["labels"]) for path in replaced)
         class_names = sorted(labels)
         attrs = dict(self.attrs)
         attrs.update(
@@ -276,8 +282,13 @@ class CacheWriter:
                     for chunk in iter_row_chunks(self._file):
                         keep = np.array([p not in replaced for p in chunk["paths"]], dtype=bool)
                         writer.write({name: column[keep] for name, column in chunk.items()}, present_paths)
-                if journal is not None:
-                    writer.write(journal, present_paths)
+                # Parts are read back one at a time, keeping only the latest
+                # version of each path, so memory stays at one part.
+                for source, part in enumerate(self._parts):
+                    table, _ = read_journal_part(part)
+                    keep = np.array([replaced[p] == (source, row) for row, p in enumerate(table["paths"])],
+                                    dtype=bool)
+                    writer.write({name: column[keep] for name, column in table.items()}, present_paths)
                 _write_skipped(out, skipped)
                 out.flush()
             _fsync_path(temporary)
@@ -293,7 +304,9 @@ class CacheWriter:
             temporary.unlink(missing_ok=True)
             raise
         shutil.rmtree(journal_dir(self.path), ignore_errors=True)
-        self._journal_tables = []
+        self._parts = []
+        self._journal_rows = {}
+        self._part_cache = None
         logger.debug("Wrote %s", self.path)
 
 
