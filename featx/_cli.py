@@ -20,7 +20,11 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
 
 def configure_logging(args: argparse.Namespace) -> None:
     """Send featx's log lines to stderr, one line per phase, without prefixes."""
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    level = logging.INFO
+    if args.verbose:
+        level = logging.DEBUG
+    elif args.quiet:
+        level = logging.WARNING
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())
     root = logging.getLogger("featx")

@@ -57,7 +57,7 @@ class ExtractConfig:
     workers : int or None
         Decoding threads; None picks one per core, at least 2.
     device : {"auto", "cpu", "gpu"}
-        Where the model runs; "auto" uses a GPU when TensorFlow sees one.
+        Where the model runs; "auto" uses a GPU when TensorFlow detects one.
     mixed_precision : bool
         Let TensorFlow run float16 kernels on a GPU (auto mixed precision).
     rebuild : bool

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device", choices=DEVICES, default="auto",
-        help="Where the model runs; auto uses a GPU when TensorFlow sees one (default: auto).",
+        help="Where the model runs; auto uses a GPU when TensorFlow detects one (default: auto).",
     )
     parser.add_argument(
         "--mixed-precision", action="store_true",

@@ -36,7 +36,7 @@ PREFETCH_BATCHES = 2
 
 @dataclasses.dataclass
 class ExtractSummary:
-    """What one extract run did.
+    """Counts and timings of one extract run.
 
     Attributes
     ----------
