@@ -194,7 +194,7 @@ def load_cache(path: str | os.PathLike, include_missing: bool = False) -> Featur
     """
     path = Path(path)
     # A writer may merge its journal between our listing it and opening a
-    # part; the merged file then holds those rows, so one retry suffices.
+    # part. The merged file then contains those rows, so one retry suffices.
     for attempt in range(3):
         try:
             table, attrs, skipped = _read_all(path)

@@ -1,6 +1,6 @@
 """Find the labelled images of a data folder.
 
-Two layouts are recognised. When the first level holds split folders
+Two layouts are recognised. When the first level contains split folders
 (``train``, ``val`` or ``validation``, ``test``, in any letter case) the layout
 is ``DATA_DIR/<split>/<class>/<file>``; otherwise it is ``DATA_DIR/<class>/<file>``
 and every image gets the split ``"none"``. Files may sit in subfolders of a
@@ -79,7 +79,7 @@ def find_images(data_dir: str | os.PathLike) -> ImageCollection:
     ------
     FeatxError
         When the folder does not exist, is a file, mixes split and class
-        folders, has an empty class folder, or holds no image at all.
+        folders, has an empty class folder, or contains no image at all.
     """
     data_dir = Path(os.path.abspath(data_dir))
     if not data_dir.exists():

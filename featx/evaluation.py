@@ -262,7 +262,7 @@ def mean_ci95(values: np.ndarray) -> list[float]:
     """Return a Student t 95% interval for the mean of per-fold scores.
 
     Folds share most of their training images, so the fold scores are not
-    independent and this interval is somewhat too narrow; it still shows how
+    independent and this interval is somewhat too narrow. It still shows how
     much the mean moves with the fold assignment.
     """
     from scipy import stats
