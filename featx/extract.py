@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-progress", action="store_true", help="Do not show the progress bar.",
     )
+    parser.add_argument(
+        "--summary-json", type=Path, default=None, metavar="PATH",
+        help="Also write the run's counts, skipped files and timings (seconds) to "
+        "this JSON file, for scripts.",
+    )
     _cli.add_logging_flags(parser)
     return parser
 
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 "; ".join(f"{path} ({reason})" for path, reason in summary.skipped[:10])
                 + ("; ..." if len(summary.skipped) > 10 else ""),
             )
+        if args.summary_json is not None:
+            write_summary_json(summary, args.summary_json)
         if summary.n_ok == 0:
             logger.error("None of the %d images could be read, so no cache was written. "
                          "Check the skipped files and their reasons above", summary.n_images)
@@ -102,6 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return _cli.run(body)
+
+
+def write_summary_json(summary, path: Path) -> None:
+    """Write an ExtractSummary as JSON, with the derived counts and rate."""
+    import dataclasses
+    import json
+
+    record = dataclasses.asdict(summary)
+    record["cache_path"] = str(summary.cache_path)
+    record["skipped"] = [{"path": p, "reason": r} for p, r in summary.skipped]
+    record["n_ok"] = summary.n_ok
+    record["images_per_second"] = summary.images_per_second
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,9 @@ class ExtractSummary:
     cache_path : Path
     model_loaded : bool
         Whether the model had to be loaded.
+    load_seconds : float
+        Time spent loading the model (TensorFlow import included), 0 when not
+        loaded. Decoding goes on in the worker threads meanwhile.
     """
 
     n_images: int
@@ -71,6 +74,7 @@ class ExtractSummary:
     seconds: float
     cache_path: Path
     model_loaded: bool
+    load_seconds: float = 0.0
 
     @property
     def n_ok(self) -> int:
@@ -99,6 +103,7 @@ class _LazyEmbedder:
     def __init__(self, factory: Callable[[], Embedder]) -> None:
         self._factory = factory
         self._embedder: Embedder | None = None
+        self.load_seconds = 0.0
 
     @property
     def loaded(self) -> bool:
@@ -108,7 +113,8 @@ class _LazyEmbedder:
         if self._embedder is None:
             started = time.perf_counter()
             self._embedder = self._factory()
-            logger.info("Loaded the model in %.1f s", time.perf_counter() - started)
+            self.load_seconds = time.perf_counter() - started
+            logger.info("Loaded the model in %.1f s", self.load_seconds)
         return self._embedder
 
 
@@ -187,6 +193,7 @@ def extract_features(
         seconds=time.perf_counter() - started,
         cache_path=Path(config.cache_path),
         model_loaded=embedder.loaded,
+        load_seconds=embedder.load_seconds,
     )
     return summary
 

@@ -1,5 +1,6 @@
 """The TF Hub loading path, with a tiny SavedModel of the real model's contract."""
 
+import json
 import os
 import subprocess
 import sys
@@ -68,10 +69,17 @@ def test_extract_cli_with_local_model(tiny_model_dir, dataset, tmp_path):
     assert cache.embeddings.shape == (27, 1280)
     assert cache.model_handle == str(tiny_model_dir)
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command + ["--summary-json", str(tmp_path / "summary.json")],
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "0 embedded, 0 copied by content hash, 27 already cached" in again.stderr
     assert "Loaded the model" not in again.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n_images"] == 27
+    assert summary["n_cached"] == 27
+    assert summary["model_loaded"] is False
+    assert summary["load_seconds"] == 0.0
+    assert summary["skipped"] == []
 
 
 def test_extract_cli_bad_folder_exit_status(tmp_path):
