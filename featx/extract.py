@@ -86,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
                 "%d cached images are no longer in %s; they stay in the cache, "
                 "marked missing, and fit leaves them out", summary.n_missing, args.data_dir,
             )
+        rate = ""
+        if summary.n_embedded + summary.n_reused:
+            rate = f" ({summary.images_per_second:.1f} images/s, model loading included)"
         logger.info(
             "Done: %d images, %d classes, %d embedded, %d copied by content hash, "
-            "%d already cached, %d skipped, in %.1f s (%.1f images/s)",
+            "%d already cached, %d skipped, in %.1f s%s",
             summary.n_images, len(summary.class_names), summary.n_embedded,
-            summary.n_reused, summary.n_cached, len(summary.skipped),
-            summary.seconds, summary.images_per_second,
+            summary.n_reused, summary.n_cached, len(summary.skipped), summary.seconds, rate,
         )
         if summary.skipped:
             logger.warning(
