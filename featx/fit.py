@@ -116,8 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         _cli.make_output_folder(out_dir, "--out")
         evaluations = []
         for head in heads:
-            evaluation = evaluate_head(cache, head, n_folds=args.folds, random_state=args.random_state,
-                                       duplicates=duplicates, exclude_leaked=args.exclude_leaked)
+            try:
+                evaluation = evaluate_head(cache, head, n_folds=args.folds, random_state=args.random_state,
+                                           duplicates=duplicates, exclude_leaked=args.exclude_leaked)
+            except ValueError as error:
+                # scikit-learn rejects some data shapes per estimator (the svm
+                # head's calibration needs 3 images of each class in a fold).
+                if args.head != "all":
+                    raise FeatxError("Cannot fit head", head.name, got=str(error),
+                                     hint="Try another --head, or add images to the small classes.") from None
+                logger.error("Head %s skipped: %s", head.name, error)
+                continue
             print(format_report(evaluation), flush=True)
             head_dir = out_dir / head.name if args.head == "all" else out_dir
             written = save_outputs(evaluation, head_dir, cache)

@@ -154,3 +154,16 @@ def test_out_path_is_file_rejected_before_fitting(cache_path, tmp_path, capsys):
 def test_cache_path_is_folder_rejected(tmp_path, capsys):
     assert fit.main(["--head", "mlp", "--cache", str(tmp_path)]) == 2
     assert f"error: Cache path is a folder: {tmp_path}." in capsys.readouterr().err
+
+
+def test_head_all_skips_head_that_cannot_fit(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", per_class={"": 6}, splits=("",))
+    for extra in ["fish_2.jpg", "fish_3.png", "fish_4.jpg", "fish_5.png"]:
+        (data / "fish" / extra).unlink()
+    run_extract(data, tmp_path / "c.h5")
+    out = tmp_path / "all"
+    assert fit.main(["--head", "all", "--cache", str(tmp_path / "c.h5"), "--out", str(out)]) == 0
+    assert "error: Head svm skipped" in capsys.readouterr().err
+    rows = json.loads((out / "comparison.json").read_text())
+    assert "svm" not in [row["head"] for row in rows]
+    assert "mlp" in [row["head"] for row in rows]
