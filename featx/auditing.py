@@ -235,7 +235,11 @@ def format_audit_summary(audit: dict) -> str:
     if len(near) > 20:
         lines.append(f"  ... and {len(near) - 20} more in audit.json")
     cross = audit["cross_split_duplicates"]
-    lines.append(f"Held-out images that duplicate a training image: {len(cross)}")
+    n_held_out = len({held_out for held_out, _, _ in cross})
+    lines.append(
+        f"Held-out images that duplicate a training image: {n_held_out} "
+        f"({len(cross)} held-out/train pairs)"
+    )
     for held_out, train, kind in cross:
         lines.append(f"  {held_out}  ->  {train}  ({kind})")
     metadata, head = audit["metadata_baseline"], audit["embedding_head"]

@@ -119,8 +119,9 @@ def evaluate_head(
     if leaked.any():
         logger.warning(
             "%d test images duplicate a training image (exact or near copies), which "
-            "inflates the test score: %s%s", int(leaked.sum()),
+            "inflates the test score: %s%s%s", int(leaked.sum()),
             ", ".join(str(p) for p in cache.paths[leaked][:5]),
+            f" and {int(leaked.sum()) - 5} more" if leaked.sum() > 5 else "",
             "" if exclude_leaked else ". --exclude-leaked also scores the test split without them",
         )
     if is_test.any():

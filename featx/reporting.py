@@ -128,7 +128,7 @@ def save_outputs(evaluation: Evaluation, out_dir: Path, cache) -> dict[str, Path
         written["predictions"] = out_dir / "test_predictions.csv"
         with open(written["predictions"], "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["path", "label", "predicted"])
+            writer.writerow(["path", "true_label", "predicted"])
             for path, true, predicted in zip(evaluation.test_paths, evaluation.y_test, evaluation.y_pred):
                 writer.writerow([path, evaluation.label_names[true], evaluation.label_names[predicted]])
     written["head"] = out_dir / "head.joblib"

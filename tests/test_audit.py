@@ -74,7 +74,7 @@ def test_fit_reports_with_and_without_leaked(planted, tmp_path, caplog):
     assert low <= metrics["cv"]["accuracy_mean"] <= high
     report = (out / "report.md").read_text()
     assert "python -m featx.fit --head mlp" in report
-    assert "Held-out images that duplicate a training image: 3" in report
+    assert "Held-out images that duplicate a training image: 3 (3 held-out/train pairs)" in report
 
 
 def test_fit_warns_about_leaked_images(planted, caplog):
