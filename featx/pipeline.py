@@ -163,12 +163,7 @@ def extract_features(
         config.cache_path, model_handle=config.model_handle,
         input_size=INPUT_SIZE, raw_size=RAW_SIZE, rebuild=config.rebuild,
     ) as writer:
-        if writer.previous_data_dir and writer.previous_data_dir != str(collection.data_dir):
-            logger.warning(
-                "The cache was last built from %s; images cached from there and not "
-                "found under %s will be marked missing",
-                writer.previous_data_dir, collection.data_dir,
-            )
+        _check_same_data_dir(writer.previous_data_dir, collection.data_dir, config.cache_path)
         run = _ExtractRun(writer, embedder, config.batch_size, workers)
         try:
             run.process(collection.images, progress)
@@ -196,6 +191,31 @@ def extract_features(
         load_seconds=embedder.load_seconds,
     )
     return summary
+
+
+def _check_same_data_dir(previous: str | None, current: Path, cache_path: Path) -> None:
+    """Reject a cache built from another data folder that still exists.
+
+    Mixing two collections in one cache would mark every image of the first
+    missing and merge both sets of class names. A folder that was moved or
+    renamed (the old path is gone) is accepted with a warning, because the
+    cached rows are keyed by paths relative to the data folder.
+    """
+    if not previous or previous == str(current):
+        return
+    if os.path.isdir(previous):
+        raise FeatxError(
+            "Cache built from another data folder",
+            str(cache_path),
+            expected=str(previous),
+            got=str(current),
+            hint="Pass a new --cache path for this folder, or --rebuild to set the "
+            "old cache aside and start again.",
+        )
+    logger.warning(
+        "The cache was built from %s, which no longer exists; treating %s as the same "
+        "folder moved. Cached images not found there are marked missing.", previous, current,
+    )
 
 
 def _hub_embedder_factory(config: ExtractConfig) -> Callable[[], Embedder]:

@@ -14,7 +14,7 @@ from featx.config import ExtractConfig
 from featx.errors import FeatxError
 from featx.lock import CacheLock
 from featx.pipeline import extract_features
-from tests.conftest import StubEmbedder, textured_image, write_image
+from tests.conftest import StubEmbedder, make_dataset, textured_image, write_image
 
 
 def run_extract(data_dir, cache_path, embedder=None, **options):
@@ -287,3 +287,25 @@ def test_disk_full_in_merge_keeps_cache_and_journal(dataset, tmp_path, monkeypat
     assert summary.n_cached == 28
     assert len(featx.load_cache(cache_path)) == 28
     assert not journal_dir(cache_path).exists()
+
+
+def test_other_data_folder_rejected(dataset, tmp_path):
+    cache_path = tmp_path / "c.h5"
+    run_extract(dataset, cache_path)
+    other = make_dataset(tmp_path / "other", per_class={"train": 2, "test": 1})
+    with pytest.raises(FeatxError, match=r"Cache built from another data folder: .*c\.h5\. Expected .*data, got .*other\. Pass a new --cache path"):
+        run_extract(other, cache_path)
+    assert len(featx.load_cache(cache_path)) == 27
+
+
+def test_moved_data_folder_accepted(dataset, tmp_path, caplog):
+    cache_path = tmp_path / "c.h5"
+    run_extract(dataset, cache_path)
+    moved = tmp_path / "moved"
+    dataset.rename(moved)
+    embedder = StubEmbedder()
+    summary = run_extract(moved, cache_path, embedder)
+    assert summary.n_cached == 27
+    assert embedder.n_images == 0
+    assert "which no longer exists; treating" in caplog.text
+    assert len(featx.load_cache(cache_path)) == 27
