@@ -218,7 +218,7 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
             low, high = float(np.nanmin(values)), float(np.nanmax(values))
             scaled = (values - low) / (high - low or 1.0) * 255.0
         else:
-            # Mode "I" holds 16-bit PNGs in older Pillow versions.
+            # Older Pillow versions load 16-bit PNGs in mode "I".
             maximum = 65535.0 if values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
             scaled = np.clip(values, 0, None) * (255.0 / maximum)
         gray = np.rint(scaled).astype(np.uint8)

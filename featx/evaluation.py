@@ -213,7 +213,7 @@ def cross_validate_head(
             "Using %d cross-validation folds: duplicates join the %d images into only %d groups",
             max(n_groups, 1), len(y), n_groups,
         )
-    folds = min(n_folds, smallest, n_groups)
+    folds = usable_folds(y, groups, n_folds)
     if folds < 2:
         rare = [label_names[i] for i in np.flatnonzero((counts > 0) & (counts < 2))]
         logger.warning(
@@ -243,6 +243,17 @@ def cross_validate_head(
         "macro_f1_mean": float(scores["test_f1_macro"].mean()),
         "accuracy": [float(a) for a in accuracy],
     }
+
+
+def usable_folds(y: np.ndarray, groups: np.ndarray, n_folds: int) -> int:
+    """Return the most stratified group folds possible, at most ``n_folds``.
+
+    Each fold needs an image of every class and a group of its own, so the
+    count is capped by the smallest class and by the number of groups. A
+    result below 2 means cross-validation is impossible.
+    """
+    counts = np.bincount(y)
+    return min(n_folds, int(counts[counts > 0].min()), len(np.unique(groups)))
 
 
 def bootstrap_accuracy_ci(

@@ -18,8 +18,8 @@ class CacheLock:
 
     The lock is an operating-system file lock (``flock`` on POSIX), so it is
     released when its process ends, even by SIGKILL: a crashed run never
-    leaves it stuck. Who holds it is written to ``<cache>.owner`` so that a
-    second writer can say which process to wait for.
+    leaves it stuck. The owner's process id, host and start time are written to
+    ``<cache>.owner``, so a second writer can name the process to wait for.
     """
 
     def __init__(self, cache_path: Path) -> None:
@@ -36,7 +36,6 @@ class CacheLock:
             raise FeatxError(
                 "Cache is in use by another featx process",
                 str(self.cache_path),
-                got=None,
                 hint=f"{self._describe_owner()} Wait for it to finish, or pass "
                 "another --cache path.",
             ) from None

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head", type=Path, required=True,
                         help="head.joblib written by featx.fit.")
     parser.add_argument("--cache", type=Path, default=None,
-                        help="Cache to take embeddings from for images it holds (by SHA-256).")
+                        help="Cache whose embeddings are reused for images it contains (matched by SHA-256).")
     parser.add_argument("--out", type=Path, default=None,
                         help="CSV file to write (default: standard output).")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,

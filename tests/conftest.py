@@ -30,7 +30,8 @@ class StubEmbedder:
         self.n_images = 0
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        assert images.dtype == np.uint8 and images.shape[1:] == (224, 224, 3)
+        assert images.dtype == np.uint8
+        assert images.shape[1:] == (224, 224, 3)
         self.n_calls += 1
         self.n_images += len(images)
         pixels = images.astype(np.float32) / 255.0

@@ -199,3 +199,14 @@ def test_predict_rejects_cache_of_other_model(planted, tmp_path):
     bundle["model_handle"] = "stub://other"
     with pytest.raises(FeatxError, match="Cache written with another model"):
         predict_images(bundle, [], StubEmbedder, featx.load_cache(planted))
+
+
+def test_metadata_baseline_few_groups(planted):
+    from featx.auditing import metadata_baseline
+
+    cache = featx.load_cache(planted)
+    # Duplicates can join images into fewer groups than folds; StratifiedGroupKFold
+    # then cannot split, so the baseline uses fewer folds or none.
+    three_groups = np.arange(len(cache)) % 3
+    assert metadata_baseline(cache, three_groups)["folds"] == 3
+    assert metadata_baseline(cache, np.zeros(len(cache), dtype=int)) is None

@@ -45,7 +45,7 @@ def test_hub_embedder_contract(tiny_model_dir):
     out_white = embedder.embed(white)
     assert out_white.shape == (2, 1280)
     assert out_white.dtype == np.float32
-    # The model sees [0, 1]: white pixels pool to exactly 1.0.
+    # The model receives [0, 1], so white pixels pool to exactly 1.0.
     expected = np.maximum(np.ones(192, np.float32) @ embedder._model.projection.numpy(), 0)
     np.testing.assert_allclose(out_white[0], expected, rtol=1e-4)
     assert not embedder.embed(black).any()
