@@ -3,8 +3,10 @@
 Reading, hashing and decoding run in a pool of worker threads (Pillow,
 OpenCV and hashlib release the GIL), a few batches ahead of the model, so
 decoding overlaps inference. The model runs in the calling thread. Pixels are
-held for at most ``prefetch_batches + 1`` batches at a time, and each batch of
-embeddings is written to the cache journal as soon as it is computed.
+held for at most ``PREFETCH_BATCHES + 1`` batches at a time once the model
+runs, and for up to ``LOAD_PREFETCH_IMAGES`` images while it loads, so that
+decoding also overlaps model loading. Each batch of embeddings is written to
+the cache journal as soon as it is computed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -32,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 #: Batches decoded ahead of the model.
 PREFETCH_BATCHES = 2
+#: Images decoded ahead while the model is still loading. Loading takes
+#: several seconds and leaves cores idle, so the decoding threads run further
+#: ahead meanwhile; at about 150 kB of pixels per image this holds at most
+#: about 80 MB, whatever the number of images.
+LOAD_PREFETCH_IMAGES = 512
 
 
 @dataclasses.dataclass
@@ -246,6 +254,8 @@ class _ExtractRun:
         self._to_embed: list[_Outcome] = []
         self._to_copy: list[_Outcome] = []
         self._pending_hashes: set[str] = set()
+        # Until the model is loaded, one decoding thread at a time.
+        self._gate = _Gate(1)
 
     def process(self, images: list[ImageFile], progress: bool) -> None:
         to_read = [image for image in images if not self._is_unchanged(image)]
@@ -261,8 +271,10 @@ class _ExtractRun:
         known_hashes = self.writer.hashes
         bar = tqdm(total=len(to_read), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
         with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="featx-decode") as pool:
-            read = lambda image: _read_image(image, known_hashes)  # noqa: E731
-            max_pending = self.batch_size * (PREFETCH_BATCHES + 1)
+            read = lambda image: self._gate.run(_read_image, image, known_hashes)  # noqa: E731
+            running = self.batch_size * (PREFETCH_BATCHES + 1)
+            loading = max(running, LOAD_PREFETCH_IMAGES)
+            max_pending = lambda: running if self.embedder.loaded else loading  # noqa: E731
             # Log lines printed while the bar is shown go above it, not into it.
             with logging_redirect_tqdm(loggers=[logging.getLogger("featx")]):
                 try:
@@ -309,6 +321,9 @@ class _ExtractRun:
         else:
             self._to_embed.append(outcome)
             self._pending_hashes.add(outcome.sha256)
+            # Load the model as soon as the first image needs it; the
+            # decoding threads fill the next batches meanwhile.
+            self._get_embedder()
         if len(self._to_embed) >= self.batch_size or len(self._to_copy) >= self.batch_size:
             self._flush()
 
@@ -318,7 +333,7 @@ class _ExtractRun:
         embedding_size = self.writer.attrs.get("embedding_size")
         computed: dict[str, dict] = {}
         if self._to_embed:
-            embedder = self.embedder.get()
+            embedder = self._get_embedder()
             pixels = np.stack([outcome.decoded.pixels for outcome in self._to_embed])
             embeddings = embedder.embed(pixels)
             embedding_size = embedder.embedding_size
@@ -346,6 +361,19 @@ class _ExtractRun:
         self._pending_hashes = set()
         if rows:
             self.writer.append(_rows_to_table(rows), embedding_size)
+
+    def _get_embedder(self) -> Embedder:
+        """Return the model, loading it first if needed.
+
+        Loading leaves about one core idle, so one decoding thread runs
+        meanwhile; all of them once the model is ready. More threads during
+        loading slow it down: they compete with it for the cores and for
+        Python's GIL, which importing TensorFlow holds nearly all the time.
+        """
+        try:
+            return self.embedder.get()
+        finally:
+            self._gate.set_limit(self.workers)
 
     def commit(self, collection: ImageCollection) -> None:
         """Merge this run into the cache file, unless the file would not change."""
@@ -395,24 +423,74 @@ def _read_image(image: ImageFile, known_hashes: dict) -> _Outcome:
     return outcome
 
 
-def _ordered_map(pool, function, items: Iterable, max_pending: int) -> Iterator:
-    """Like ``pool.map`` but with at most ``max_pending`` results in memory."""
+def _ordered_map(pool, function, items: Iterable, max_pending: Callable[[], int]) -> Iterator:
+    """Like ``pool.map`` but with at most ``max_pending()`` results submitted and not yet yielded.
+
+    The limit is read again before each submission, so it may change while
+    the results are consumed; when it drops, no work is submitted until the
+    results in flight fall below it.
+    """
     pending: collections.deque = collections.deque()
     iterator = iter(items)
+    exhausted = False
+
+    def fill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(pending) < max_pending():
+            item = next(iterator, _END)
+            if item is _END:
+                exhausted = True
+            else:
+                pending.append(pool.submit(function, item))
+
     try:
-        for item in iterator:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= max_pending:
-                break
+        fill()
         while pending:
             result = pending.popleft().result()
-            for item in iterator:
-                pending.append(pool.submit(function, item))
-                break
+            fill()
             yield result
     finally:
         for future in pending:
             future.cancel()
+
+
+_END = object()
+
+
+class _Gate:
+    """Let at most ``limit`` threads at a time run a function, in the order they arrive.
+
+    The order matters: results are consumed in submission order, so a thread
+    overtaken again and again at the gate would hold up the whole run.
+    The limit may change at any time.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._active = 0
+        self._arrived = 0
+        self._admitted = 0
+        self._changed = threading.Condition()
+
+    def set_limit(self, limit: int) -> None:
+        with self._changed:
+            self._limit = limit
+            self._changed.notify_all()
+
+    def run(self, function: Callable, *args):
+        with self._changed:
+            ticket = self._arrived
+            self._arrived += 1
+            self._changed.wait_for(lambda: self._admitted == ticket and self._active < self._limit)
+            self._admitted += 1
+            self._active += 1
+            self._changed.notify_all()
+        try:
+            return function(*args)
+        finally:
+            with self._changed:
+                self._active -= 1
+                self._changed.notify_all()
 
 
 def _rows_to_table(rows: list[tuple[_Outcome, dict]]) -> dict[str, np.ndarray]:

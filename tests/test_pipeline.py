@@ -1,8 +1,11 @@
 """The extract loop with a NumPy stand-in model: incremental runs, skips, crashes, locks."""
 
+import concurrent.futures
 import errno
 import os
 import shutil
+import threading
+import time
 
 import h5py
 import numpy as np
@@ -13,6 +16,7 @@ from featx.cache import journal_dir
 from featx.config import ExtractConfig
 from featx.errors import FeatxError
 from featx.lock import CacheLock
+from featx import pipeline
 from featx.pipeline import extract_features
 from tests.conftest import StubEmbedder, make_dataset, textured_image, write_image
 
@@ -309,3 +313,101 @@ def test_moved_data_folder_accepted(dataset, tmp_path, caplog):
     assert embedder.n_images == 0
     assert "which no longer exists; treating" in caplog.text
     assert len(featx.load_cache(cache_path)) == 27
+
+
+def _counting_reads(monkeypatch):
+    """Count calls of the per-file worker function, thread-safely."""
+    lock = threading.Lock()
+    count = [0]
+    read = pipeline._read_image
+
+    def counting(*args):
+        with lock:
+            count[0] += 1
+        return read(*args)
+
+    monkeypatch.setattr(pipeline, "_read_image", counting)
+    return count
+
+
+def test_decoding_runs_ahead_while_model_loads(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", per_class={"train": 10, "test": 4})  # 42 images
+    monkeypatch.setattr(pipeline, "LOAD_PREFETCH_IMAGES", 20)
+    reads = _counting_reads(monkeypatch)
+    seen_at_load = []
+
+    def slow_factory():
+        # Wait until the decoding threads stop, as they do once the load-time
+        # limit is reached, then note how far they went.
+        last, deadline = -1, time.monotonic() + 10
+        while reads[0] != last and time.monotonic() < deadline:
+            last = reads[0]
+            time.sleep(0.2)
+        seen_at_load.append(reads[0])
+        return StubEmbedder()
+
+    config = ExtractConfig(data_dir=data, cache_path=tmp_path / "c.h5",
+                           model_handle=StubEmbedder.handle, batch_size=4, workers=3)
+    summary = extract_features(config, make_embedder=slow_factory, progress=False)
+    # The model is loaded for the first image; by then 20 more are in
+    # flight (far beyond the 3 batches of 4 held once it runs), and no more.
+    assert seen_at_load == [21]
+    assert summary.n_embedded == 42
+
+
+def test_gate_admits_in_arrival_order_up_to_limit():
+    gate = pipeline._Gate(1)
+    running, most, order = [0], [0], []
+    lock = threading.Lock()
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            order.append(i)
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+
+    threads = []
+    for i in range(6):
+        thread = threading.Thread(target=gate.run, args=(work, i))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.002)  # arrive in index order
+    for thread in threads:
+        thread.join(timeout=5)
+    assert order == list(range(6))
+    assert most[0] == 1
+
+    gate.set_limit(3)
+    most[0] = 0
+    threads = [threading.Thread(target=gate.run, args=(work, i)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert most[0] == 3
+
+
+def test_ordered_map_follows_a_falling_limit():
+    limit = [5]
+    submitted = []
+
+    class RecordingPool:
+        def submit(self, function, item):
+            submitted.append(item)
+            future = concurrent.futures.Future()
+            future.set_result(function(item))
+            return future
+
+    results = pipeline._ordered_map(RecordingPool(), lambda x: x * 10, range(12), lambda: limit[0])
+    assert next(results) == 0
+    assert len(submitted) == 6  # 5 up front, one more after the first result
+    limit[0] = 2
+    assert next(results) == 10  # 4 still pending: nothing new is submitted
+    assert len(submitted) == 6
+    assert [next(results) for _ in range(3)] == [20, 30, 40]
+    assert len(submitted) == 7  # one pending left, so one more
+    assert list(results) == [x * 10 for x in range(5, 12)]
+    assert submitted == list(range(12))
