@@ -36,9 +36,9 @@ logger = logging.getLogger(__name__)
 #: Batches decoded ahead of the model.
 PREFETCH_BATCHES = 2
 #: Images decoded ahead while the model is still loading. Loading takes
-#: several seconds and leaves cores idle, so the decoding threads run further
-#: ahead meanwhile; at about 150 kB of pixels per image this holds at most
-#: about 80 MB, whatever the number of images.
+#: several seconds and leaves a core idle, so decoding runs further ahead
+#: meanwhile. At about 150 kB of pixels per image, that is at most about
+#: 80 MB, whatever the number of images.
 LOAD_PREFETCH_IMAGES = 512
 
 
@@ -427,7 +427,7 @@ def _ordered_map(pool, function, items: Iterable, max_pending: Callable[[], int]
     """Like ``pool.map`` but with at most ``max_pending()`` results submitted and not yet yielded.
 
     The limit is read again before each submission, so it may change while
-    the results are consumed; when it drops, no work is submitted until the
+    the results are consumed. When it drops, no work is submitted until the
     results in flight fall below it.
     """
     pending: collections.deque = collections.deque()

@@ -349,21 +349,21 @@ def test_decoding_runs_ahead_while_model_loads(tmp_path, monkeypatch):
     config = ExtractConfig(data_dir=data, cache_path=tmp_path / "c.h5",
                            model_handle=StubEmbedder.handle, batch_size=4, workers=3)
     summary = extract_features(config, make_embedder=slow_factory, progress=False)
-    # The model is loaded for the first image; by then 20 more are in
-    # flight (far beyond the 3 batches of 4 held once it runs), and no more.
+    # The model is loaded for the first image. By then 20 more are in
+    # flight, far beyond the 3 batches of 4 held once it runs, and no more.
     assert seen_at_load == [21]
     assert summary.n_embedded == 42
 
 
 def test_gate_admits_in_arrival_order_up_to_limit():
     gate = pipeline._Gate(1)
-    running, most, order = [0], [0], []
+    running, peak, order = [0], [0], []
     lock = threading.Lock()
 
     def work(i):
         with lock:
             running[0] += 1
-            most[0] = max(most[0], running[0])
+            peak[0] = max(peak[0], running[0])
             order.append(i)
         time.sleep(0.01)
         with lock:
@@ -378,16 +378,16 @@ def test_gate_admits_in_arrival_order_up_to_limit():
     for thread in threads:
         thread.join(timeout=5)
     assert order == list(range(6))
-    assert most[0] == 1
+    assert peak[0] == 1
 
     gate.set_limit(3)
-    most[0] = 0
+    peak[0] = 0
     threads = [threading.Thread(target=gate.run, args=(work, i)) for i in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=5)
-    assert most[0] == 3
+    assert peak[0] == 3
 
 
 def test_ordered_map_follows_a_falling_limit():
