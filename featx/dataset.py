@@ -16,6 +16,7 @@ import os
 import unicodedata
 from pathlib import Path
 
+from featx._text import count
 from featx.config import IMAGE_EXTENSIONS, NO_SPLIT, SPLIT_FOLDERS
 from featx.errors import FeatxError
 
@@ -116,6 +117,7 @@ def find_images(data_dir: str | os.PathLike) -> ImageCollection:
             for c in _visible_subfolders(f)
         ]
     else:
+        _reject_nested_splits(data_dir, top_folders)
         class_roots = [(NO_SPLIT, c) for c in top_folders]
 
     images: list[ImageFile] = []
@@ -136,6 +138,17 @@ def find_images(data_dir: str | os.PathLike) -> ImageCollection:
         images.extend(found)
 
     if not images:
+        loose = [f for f in data_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        if loose:
+            raise FeatxError(
+                "No class folders",
+                str(data_dir),
+                expected="class folders with image files, as <class>/<file> "
+                "or <split>/<class>/<file>",
+                got=f"{len(loose)} image files directly in the folder",
+                hint="The folder name is not read as a label: if this is one class folder, "
+                "pass the folder above it, which holds one folder per class.",
+            )
         raise FeatxError(
             "No images found",
             str(data_dir),
@@ -146,9 +159,14 @@ def find_images(data_dir: str | os.PathLike) -> ImageCollection:
 
     images.sort(key=lambda image: (image.split, image.label, image.relative_path))
     class_names = sorted({image.label for image in images})
+    if len(class_names) == 1:
+        logger.warning(
+            "Only one class (%s) under %s: fit needs at least two class folders",
+            class_names[0], data_dir,
+        )
     if ignored:
         shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
-        logger.info("Ignored %d files that are not images by extension: %s", len(ignored), shown)
+        logger.info("Ignored %s that are not images by extension: %s", count(len(ignored), "file"), shown)
     return ImageCollection(data_dir, images, class_names, ignored)
 
 
@@ -158,6 +176,20 @@ def _visible_subfolders(folder: Path) -> list[Path]:
         for entry in folder.iterdir()
         if not entry.name.startswith(".") and entry.is_dir()
     )
+
+
+def _reject_nested_splits(data_dir: Path, top_folders: list[Path]) -> None:
+    """Reject a data folder given one level too high, with the split folders one level down."""
+    for folder in top_folders:
+        splits = [f.name for f in _visible_subfolders(folder) if f.name.lower() in SPLIT_FOLDERS]
+        if splits:
+            raise FeatxError(
+                "Data folder one level too high",
+                str(data_dir),
+                expected="class or split folders at the first level",
+                got=f"split folders ({', '.join(splits)}) inside {folder.name}",
+                hint=f"Pass {folder} as the data folder.",
+            )
 
 
 def _reject_duplicate_splits(split_folders: list[Path]) -> None:

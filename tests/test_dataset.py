@@ -95,3 +95,28 @@ def test_symlink_loop_does_not_hang(tmp_path):
     os.symlink(outside, tmp_path / "a" / "linked")
     collection = find_images(tmp_path)
     assert [i.relative_path for i in collection.images] == ["a/1.png", "a/linked/2.png"]
+
+
+def test_folder_one_level_too_high_error(tmp_path):
+    for name in ["xrays/train/a/1.png", "xrays/train/b/2.png", "xrays/test/a/3.png"]:
+        _img(tmp_path / name)
+    with pytest.raises(FeatxError, match=r"Data folder one level too high: .*\. Expected class or split "
+                       r"folders at the first level, got split folders \(test, train\) inside xrays\. "
+                       r"Pass .*xrays as the data folder\."):
+        find_images(tmp_path)
+    assert find_images(tmp_path / "xrays").class_names == ["a", "b"]
+
+
+def test_class_folder_given_as_data_folder_error(tmp_path):
+    for name in ["cats/1.png", "cats/2.png"]:
+        _img(tmp_path / name)
+    with pytest.raises(FeatxError, match=r"No class folders: .*cats\. .*got 2 image files directly in the "
+                       r"folder\. .*pass the folder above it"):
+        find_images(tmp_path / "cats")
+
+
+def test_single_class_warns(tmp_path, caplog):
+    _img(tmp_path / "cats" / "1.png")
+    collection = find_images(tmp_path)
+    assert collection.class_names == ["cats"]
+    assert "Only one class (cats)" in caplog.text
