@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from featx import _cli
+from featx._text import count
 from featx.config import DEFAULT_BATCH_SIZE, DEVICES
 
 logger = logging.getLogger("featx.predict")
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                         help="Image files, or folders searched recursively for images.")
     parser.add_argument("--head", type=Path, required=True,
-                        help="head.joblib written by featx.fit.")
+                        help="head.joblib written by featx.fit, or the run folder that holds it.")
     parser.add_argument("--cache", type=Path, default=None,
                         help="Cache whose embeddings are reused for images it contains (matched by SHA-256).")
     parser.add_argument("--out", type=Path, default=None,
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 handle.close()
         n_errors = sum(1 for r in results if r["error"])
-        logger.info("Predicted %d images, %d could not be read%s", len(results) - n_errors, n_errors,
+        logger.info("Predicted %s, %d could not be read%s", count(len(results) - n_errors, "image"), n_errors,
                     f"; wrote {args.out}" if args.out else "")
         return 0
 

@@ -19,12 +19,14 @@ from featx.errors import FeatxError
 logger = logging.getLogger(__name__)
 
 HEAD_FORMAT_VERSION = 1
+#: File name of a fitted head inside its run folder.
+HEAD_FILE_NAME = "head.joblib"
 HEAD_KEYS = ("format_version", "featx_version", "estimator", "label_names", "features",
              "model_handle", "embedding_size", "input_size", "raw_size")
 
 
 def load_head(path: str | os.PathLike) -> dict:
-    """Load a ``head.joblib`` and check that this featx can use it.
+    """Load a ``head.joblib`` (or the one in a run folder) and check that this featx can use it.
 
     Raises
     ------
@@ -35,6 +37,12 @@ def load_head(path: str | os.PathLike) -> dict:
     import joblib
 
     path = Path(path)
+    if path.is_dir():
+        if not (path / HEAD_FILE_NAME).is_file():
+            raise FeatxError("No head in folder", str(path), expected=f"a {HEAD_FILE_NAME} file in it",
+                             hint="Pass a head.joblib written by `python -m featx.fit`, or the run "
+                             "folder that holds it (runs/<head>).")
+        path = path / HEAD_FILE_NAME
     if not path.is_file():
         raise FeatxError("Head file not found", str(path),
                          hint="Pass the head.joblib written by `python -m featx.fit`.")

@@ -210,3 +210,14 @@ def test_metadata_baseline_few_groups(planted):
     three_groups = np.arange(len(cache)) % 3
     assert metadata_baseline(cache, three_groups)["folds"] == 3
     assert metadata_baseline(cache, np.zeros(len(cache), dtype=int)) is None
+
+
+def test_head_loaded_from_its_run_folder(planted, tmp_path):
+    out = tmp_path / "mlp"
+    fit.main(["--head", "mlp", "--cache", str(planted), "--out", str(out)])
+    assert load_head(out)["label_names"] == load_head(out / "head.joblib")["label_names"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FeatxError, match=r"No head in folder: .*empty\. Expected a head\.joblib file in it\. "
+                       r"Pass a head\.joblib"):
+        load_head(empty)
