@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from featx import _cli
+from featx._text import count
 from featx.config import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_PATH, DEFAULT_MODEL_HANDLE, DEVICES, ExtractConfig
 from featx.pipeline import extract_features
 
@@ -88,16 +89,17 @@ def main(argv: list[str] | None = None) -> int:
             )
         rate = ""
         if summary.n_embedded + summary.n_reused:
-            rate = f" ({summary.images_per_second:.1f} images/s, model loading included)"
+            loading = ", model loading included" if summary.model_loaded else ""
+            rate = f" ({summary.images_per_second:.1f} images/s{loading})"
         logger.info(
-            "Done: %d images, %d classes, %d embedded, %d copied by content hash, "
+            "Done: %s, %s, %d embedded, %d copied by content hash, "
             "%d already cached, %d skipped, in %.1f s%s",
-            summary.n_images, len(summary.class_names), summary.n_embedded,
+            count(summary.n_images, "image"), count(len(summary.class_names), "class"), summary.n_embedded,
             summary.n_reused, summary.n_cached, len(summary.skipped), summary.seconds, rate,
         )
         if summary.skipped:
             logger.warning(
-                "Skipped %d files, listed in the cache: %s", len(summary.skipped),
+                "Skipped %s, listed in the cache: %s", count(len(summary.skipped), "file"),
                 "; ".join(f"{path} ({reason})" for path, reason in summary.skipped[:10])
                 + ("; ..." if len(summary.skipped) > 10 else ""),
             )

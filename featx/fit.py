@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from featx import _cli
+from featx._text import count
 from featx.config import DEFAULT_CACHE_PATH, DEFAULT_RUNS_DIR
 
 logger = logging.getLogger("featx.fit")
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 "run (--include-missing keeps them)", len(cache.missing),
             )
         if cache.skipped:
-            logger.warning("The last extract run skipped %d files that could not be decoded", len(cache.skipped))
+            logger.warning("The last extract run skipped %s that could not be decoded",
+                           count(len(cache.skipped), "file"))
 
         duplicates = find_duplicates(cache, threshold)
         out_dir = args.out if args.out is not None else DEFAULT_RUNS_DIR / args.head

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from featx._text import count
 from featx.cache_writer import CacheWriter
 from featx.config import INPUT_SIZE, RAW_SIZE, ExtractConfig, default_workers
 from featx.dataset import ImageCollection, ImageFile, find_images
@@ -162,8 +163,8 @@ def extract_features(
     check_model_handle(config.model_handle)
     collection = find_images(config.data_dir)
     logger.info(
-        "Found %d images in %d classes (%s) under %s, splits: %s",
-        len(collection.images), len(collection.class_names),
+        "Found %s in %s (%s) under %s, splits: %s",
+        count(len(collection.images), "image"), count(len(collection.class_names), "class"),
         ", ".join(collection.class_names), collection.data_dir, ", ".join(collection.splits),
     )
     embedder = _LazyEmbedder(make_embedder)
@@ -262,8 +263,8 @@ class _ExtractRun:
         if not to_read:
             return
         logger.info(
-            "%d images to read (not cached yet, or changed since), %d cached; decoding threads: %d",
-            len(to_read), self.n_cached, self.workers,
+            "%s to read (not cached yet, or changed since), %d cached; decoding threads: %d",
+            count(len(to_read), "image"), self.n_cached, self.workers,
         )
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
