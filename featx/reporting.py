@@ -10,7 +10,7 @@ import numpy as np
 
 from featx._version import __version__
 from featx.evaluation import Evaluation
-from featx.prediction import HEAD_FORMAT_VERSION
+from featx.prediction import HEAD_FILE_NAME, HEAD_FORMAT_VERSION
 
 
 
@@ -131,7 +131,7 @@ def save_outputs(evaluation: Evaluation, out_dir: Path, cache) -> dict[str, Path
             writer.writerow(["path", "true_label", "predicted"])
             for path, true, predicted in zip(evaluation.test_paths, evaluation.y_test, evaluation.y_pred):
                 writer.writerow([path, evaluation.label_names[true], evaluation.label_names[predicted]])
-    written["head"] = out_dir / "head.joblib"
+    written["head"] = out_dir / HEAD_FILE_NAME
     joblib.dump(
         {
             "format_version": HEAD_FORMAT_VERSION,
