@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from featx import __version__ as featx_version
-from featx.config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_HANDLE, INPUT_SIZE, default_workers
+from featx.config import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_HANDLE, INPUT_SIZE, default_workers, usable_cores
 from featx.dataset import ImageFile, find_images
 from featx.decode import decode_image
 from featx.errors import FeatxError
@@ -75,7 +75,7 @@ class ProcessResult:
     wall_s: float
     max_rss_bytes: int
     #: Seconds extract spent loading the model (TensorFlow import included),
-    #: from its --summary-json; 0 when it loaded none.
+    #: from its --summary-json. It is 0 when no model was loaded.
     load_s: float
 
 
@@ -112,14 +112,18 @@ class Results:
         return self.n_images / min(self.naive_s)
 
     @property
+    def model_only_fastest_cpu_s(self) -> float:
+        """CPU seconds of the fastest model-only run, the one that sets rate (1)."""
+        return self.model_only_cpu_s[self.model_only_s.index(min(self.model_only_s))]
+
+    @property
     def cpu_bound_rate(self) -> float:
         """Highest rate the cores allow when decoding and the model share them.
 
         Each image costs the model's CPU time plus its decoding CPU time, and
         the model alone does not go faster than rate (1).
         """
-        fastest = self.model_only_s.index(min(self.model_only_s))
-        cpu_per_image = (self.model_only_cpu_s[fastest] + min(self.decode_cpu_s)) / self.n_images
+        cpu_per_image = (self.model_only_fastest_cpu_s + min(self.decode_cpu_s)) / self.n_images
         return min(self.model_only_rate, self.usable_cores / cpu_per_image)
 
     @property
@@ -233,8 +237,7 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def describe_machine() -> str:
     """Return one line: cores, CPU model, memory, OS, and Python, featx and TF versions."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    parts = [f"{usable} usable of {os.cpu_count()} cores", read_cpu_model()]
+    parts = [f"{usable_cores()} usable of {os.cpu_count()} cores", read_cpu_model()]
     memory = read_total_memory()
     if memory:
         parts.append(f"{memory / 2**30:.0f} GiB RAM")
@@ -378,7 +381,7 @@ def run_in_process(args: argparse.Namespace, paths: list[Path]) -> dict:
         "model_only_cpu_s": model_only_cpu_s,
         "decode_cpu_s": decode_cpu_s,
         "naive_s": naive_s,
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        "usable_cores": usable_cores(),
     }
 
 
@@ -573,7 +576,7 @@ def format_report(results: Results) -> str:
         ("model loading in extract, one image", f"{min(r.load_s for r in results.one_image):.2f}", "s",
          list_values([run.load_s for run in results.one_image], "{:.2f}")),
         ("model only, CPU time (all threads)",
-         f"{results.model_only_cpu_s[results.model_only_s.index(min(results.model_only_s))]:.2f}", "CPU-s",
+         f"{results.model_only_fastest_cpu_s:.2f}", "CPU-s",
          list_values(results.model_only_cpu_s, "{:.2f}")),
         ("decoding every file in one thread, CPU time", f"{min(results.decode_cpu_s):.2f}", "CPU-s",
          list_values(results.decode_cpu_s, "{:.2f}")),

@@ -32,12 +32,18 @@ IMAGE_EXTENSIONS = frozenset(
 DEVICES = ("auto", "cpu", "gpu")
 
 
-def default_workers() -> int:
-    """Return the default number of decoding threads: one per core, at least 2."""
+def usable_cores() -> int:
+    """Return the cores this process may run on (its CPU affinity where the OS reports it)."""
     import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(2, cores or 1)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Return the default number of decoding threads: one per core, at least 2."""
+    return max(2, usable_cores())
 
 
 @dataclasses.dataclass(frozen=True)
