@@ -161,7 +161,7 @@ def find_images(data_dir: str | os.PathLike) -> ImageCollection:
     class_names = sorted({image.label for image in images})
     if len(class_names) == 1:
         logger.warning(
-            "Only one class (%s) under %s: fit needs at least two class folders",
+            "Only one class (%s) under %s. Fit needs at least two class folders.",
             class_names[0], data_dir,
         )
     if ignored:

@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 #: Batches decoded ahead of the model.
 PREFETCH_BATCHES = 2
 #: Images decoded ahead while the model is still loading. Loading takes
-#: several seconds and leaves a core idle, so decoding runs further ahead
-#: meanwhile. At about 150 kB of pixels per image, that is at most about
+#: several seconds and keeps only about one core busy, so decoding runs
+#: further ahead meanwhile. At about 150 kB of pixels per image, that is at most about
 #: 80 MB, whatever the number of images.
 LOAD_PREFETCH_IMAGES = 512
 
@@ -322,8 +322,8 @@ class _ExtractRun:
         else:
             self._to_embed.append(outcome)
             self._pending_hashes.add(outcome.sha256)
-            # Load the model as soon as the first image needs it; the
-            # decoding threads fill the next batches meanwhile.
+            # Load the model as soon as the first image needs it, while the
+            # decoding threads fill the next batches.
             self._get_embedder()
         if len(self._to_embed) >= self.batch_size or len(self._to_copy) >= self.batch_size:
             self._flush()
@@ -366,8 +366,8 @@ class _ExtractRun:
     def _get_embedder(self) -> Embedder:
         """Return the model, loading it first if needed.
 
-        Loading keeps about one core busy, and one decoding thread runs
-        meanwhile; all of them once the model is ready. More threads during
+        Loading keeps about one core busy, so one decoding thread runs
+        meanwhile, and all of them run once the model is ready. More threads during
         loading slow it down, because they compete with it for the cores and
         for Python's GIL. On 2 cores, loading took about 0.7 s longer with one
         decoding thread and about 1.1 s longer with two.

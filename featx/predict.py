@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                         help="Image files, or folders searched recursively for images.")
     parser.add_argument("--head", type=Path, required=True,
-                        help="head.joblib written by featx.fit, or the run folder that holds it.")
+                        help="head.joblib written by featx.fit, or the run folder that contains it.")
     parser.add_argument("--cache", type=Path, default=None,
                         help="Cache whose embeddings are reused for images it contains (matched by SHA-256).")
     parser.add_argument("--out", type=Path, default=None,

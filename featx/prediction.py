@@ -41,7 +41,7 @@ def load_head(path: str | os.PathLike) -> dict:
         if not (path / HEAD_FILE_NAME).is_file():
             raise FeatxError("No head in folder", str(path), expected=f"a {HEAD_FILE_NAME} file in it",
                              hint="Pass a head.joblib written by `python -m featx.fit`, or the run "
-                             "folder that holds it (runs/<head>).")
+                             "folder that contains it (runs/<head>).")
         path = path / HEAD_FILE_NAME
     if not path.is_file():
         raise FeatxError("Head file not found", str(path),
